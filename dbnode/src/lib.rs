@@ -1,0 +1,164 @@
+//! ringstore dbnode: holds partitions in RocksDB and serves them over NATS.
+//!
+//! Node `db-i` is primary of partition `i` and replica of partition `i−1`. For each it serves
+//! `ringstore.part.{p}.{primary|replica}.{get,create,update,delete}` through the NATS service
+//! API, tails the partition's JetStream log `RINGSTORE_P{p}`, and announces itself on
+//! `ringstore.presence.{node}` every second.
+//!
+//! Start-up: open RocksDB → connect to NATS (retrying) → refuse if the node id is taken →
+//! ensure the streams → tail every hosted log and catch up → announce `ready` and serve.
+
+mod config;
+mod log;
+mod partition;
+mod presence;
+mod service;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+use protocol::{NodeState, PartitionMap};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use crate::log::PartitionLog;
+pub use crate::partition::Partition;
+use crate::storage::{Storage, StorageError};
+
+/// Why a dbnode stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// RocksDB could not be opened or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// NATS refused something that must work (bad URL, subscription refused).
+    #[error("nats: {0}")]
+    Nats(#[from] async_nats::Error),
+    /// Another live process serves this node id.
+    #[error("another live process already serves {0}; refusing to start a second one")]
+    DuplicateNode(protocol::NodeId),
+}
+
+/// Connects to NATS, retrying in the background until the server is reachable.
+pub async fn connect(config: &Config) -> Result<async_nats::Client, NodeError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("ringstore-{}", config.db_instance_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(Duration::from_secs(5))
+        .event_callback(|event| async move { info!(%event, "nats") });
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    options.connect(&config.nats_url).await.map_err(|e| NodeError::Nats(e.into()))
+}
+
+/// Retries `attempt` every second until it succeeds or `shutdown` fires.
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => warn!(error = %e, "{what} failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Runs a dbnode until `shutdown` fires, then shuts down gracefully: stop taking requests,
+/// finish those in flight, drain NATS, flush RocksDB.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let node = config.db_instance_id;
+    let map = PartitionMap::new(config.partitions);
+    let hosted = map.hosted(node);
+    info!(%node, ?hosted, data_dir = %config.data_dir.display(), "opening storage");
+    let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
+    let storage = Storage::open(&config.data_dir, &ids)?;
+
+    info!(url = config.nats_url, "connecting to NATS");
+    let client = connect(&config).await?;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    if presence::node_taken(&client, node).await {
+        return Err(NodeError::DuplicateNode(node));
+    }
+
+    let mut partitions = Vec::new();
+    for &(p, role) in &hosted {
+        let log = retry("ensuring the log stream", &shutdown, || {
+            PartitionLog::ensure(&client, p)
+        })
+        .await;
+        let Some(log) = log else { return Ok(()) };
+        partitions.push(Arc::new(Partition::new(
+            p,
+            role,
+            node,
+            storage.clone(),
+            log,
+        )?));
+    }
+
+    let tasks = TaskTracker::new();
+    let (state, state_rx) = watch::channel(NodeState::CatchingUp);
+    let conflict = CancellationToken::new();
+    let instance = uuid::Uuid::new_v4().to_string();
+    let presence_task = presence::run(
+        client.clone(),
+        node,
+        instance,
+        state_rx,
+        partitions.clone(),
+        shutdown.clone(),
+        conflict.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = presence_task.await {
+            warn!(error = %e, "presence stopped");
+        }
+    });
+    for partition in &partitions {
+        tasks.spawn(partition.clone().tail(shutdown.clone()));
+    }
+
+    info!(%node, "catching up from the logs");
+    for partition in &partitions {
+        if retry("reading the log's end", &shutdown, || partition.catch_up())
+            .await
+            .is_none()
+        {
+            return Ok(());
+        }
+    }
+    state.send_replace(NodeState::Ready);
+    info!(%node, "ready; serving requests");
+    let served = service::serve(client.clone(), node, partitions, shutdown.clone()).await;
+
+    info!(%node, "shutting down");
+    tasks.close();
+    tasks.wait().await;
+    if let Err(e) = client.drain().await {
+        warn!(error = %e, "draining NATS");
+    }
+    storage.flush()?;
+    served?;
+    if conflict.is_cancelled() {
+        return Err(NodeError::DuplicateNode(node));
+    }
+    info!(%node, "stopped");
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! A partition's replication log: the JetStream stream `RINGSTORE_P{p}`, one subject per
+//! record and at most one message per subject, so it always holds the latest entry of every
+//! record (tombstones included) and is a complete copy of the partition.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{push, DeliverPolicy},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{Config, DiscardPolicy, StorageType},
+};
+use protocol::{subjects, LogEntry, PartitionId};
+
+/// Why an append did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Someone else appended since the sequence we expected: catch up and retry.
+    #[error("the log moved past the expected sequence")]
+    Conflict,
+    /// The log could not be reached or did not confirm in time. The entry may or may not be in
+    /// the log; the caller finds out by catching up.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The log could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("log unavailable: {0}")]
+pub struct LogError(pub String);
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError(e.to_string())
+}
+
+/// Handle on one partition's stream.
+#[derive(Clone)]
+pub struct PartitionLog {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    partition: PartitionId,
+}
+
+impl PartitionLog {
+    /// Creates the stream if it does not exist yet.
+    pub async fn ensure(
+        client: &async_nats::Client,
+        partition: PartitionId,
+    ) -> Result<Self, LogError> {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(1500));
+        js.get_or_create_stream(Config {
+            name: subjects::stream_name(partition),
+            subjects: vec![subjects::log_filter(partition)],
+            storage: StorageType::File,
+            max_messages_per_subject: 1,
+            discard: DiscardPolicy::Old,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(Self {
+            js,
+            client: client.clone(),
+            partition,
+        })
+    }
+
+    /// Appends `entry` if the stream's last sequence is still `expected_last`; returns the
+    /// entry's sequence. This is the commit point of every write.
+    pub async fn append(&self, entry: &LogEntry, expected_last: u64) -> Result<u64, AppendError> {
+        let payload = serde_json::to_vec(entry).expect("log entries serialise");
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .expected_last_sequence(expected_last);
+        let subject = subjects::log_subject(self.partition, &entry.id);
+        let ack = self
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The sequence of the newest entry (0 for an empty log).
+    pub async fn last_sequence(&self) -> Result<u64, LogError> {
+        let stream = self
+            .js
+            .get_stream(subjects::stream_name(self.partition))
+            .await
+            .map_err(unavailable)?;
+        Ok(stream
+            .get_info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence)
+    }
+
+    /// Every entry from sequence `from` on, in order, and then new ones as they are appended.
+    /// The consumer recreates itself after reconnects; its errors are not terminal.
+    pub async fn tail(&self, from: u64) -> Result<push::Ordered, LogError> {
+        let stream = self
+            .js
+            .get_stream(subjects::stream_name(self.partition))
+            .await
+            .map_err(unavailable)?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: subjects::log_filter(self.partition),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        consumer.messages().await.map_err(unavailable)
+    }
+}

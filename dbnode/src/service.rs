@@ -1,0 +1,88 @@
+//! The NATS service: `ringstore.part.{p}.{role}.{op}` for every hosted partition, registered
+//! with the NATS service API so that `$SRV.PING/INFO/STATS` (and `nats micro ls`) see it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::service::{Request, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use protocol::{subjects, Answer, GetRequest, NodeId, Op, ProtocolError, WriteRequest};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::partition::Partition;
+
+fn invalid(e: serde_json::Error) -> ProtocolError {
+    ProtocolError::Invalid {
+        fields: vec![protocol::FieldError::new("", e.to_string())],
+    }
+}
+
+/// Handles one request on `partition` for `op`.
+async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Answer {
+    match op {
+        Op::Get => {
+            partition
+                .get(serde_json::from_slice::<GetRequest>(payload).map_err(invalid)?)
+                .await
+        }
+        _ => {
+            let req = serde_json::from_slice::<WriteRequest>(payload).map_err(invalid)?;
+            partition.write(req).await
+        }
+    }
+}
+
+async fn respond(partition: Arc<Partition>, op: Op, request: Request) {
+    let answer = handle(&partition, op, &request.message.payload).await;
+    let payload = serde_json::to_vec(&answer).expect("answers serialise");
+    if let Err(e) = request.respond(Ok(Bytes::from(payload))).await {
+        warn!(partition = partition.id, op = op.as_str(), error = %e, "reply not sent");
+    }
+}
+
+/// Serves every op of every partition until `shutdown`, then stops taking requests and waits
+/// for those in flight.
+pub async fn serve(
+    client: async_nats::Client,
+    node: NodeId,
+    partitions: Vec<Arc<Partition>>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let service = client
+        .service_builder()
+        .description("ringstore dbnode: partition primaries and replicas")
+        .metadata(HashMap::from([("node".to_string(), node.to_string())]))
+        .start(subjects::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await?;
+    let in_flight = TaskTracker::new();
+    let endpoints = TaskTracker::new();
+    for partition in &partitions {
+        let group = service.group(subjects::partition_group(partition.id, partition.role));
+        for op in Op::ALL {
+            let mut endpoint = group.endpoint(op.as_str()).await?;
+            let (partition, in_flight, shutdown) =
+                (partition.clone(), in_flight.clone(), shutdown.clone());
+            endpoints.spawn(async move {
+                loop {
+                    let request = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        request = endpoint.next() => request,
+                    };
+                    let Some(request) = request else { break };
+                    in_flight.spawn(respond(partition.clone(), op, request));
+                }
+                let _ = endpoint.stop().await;
+            });
+        }
+    }
+    shutdown.cancelled().await;
+    endpoints.close();
+    endpoints.wait().await;
+    in_flight.close();
+    in_flight.wait().await;
+    service.stop().await?;
+    Ok(())
+}

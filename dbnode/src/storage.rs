@@ -1,0 +1,191 @@
+//! RocksDB storage: one column family per hosted partition, named [`partition_cf`].
+//!
+//! Keys inside a partition's column family:
+//! - `r{id}` → the record and its version (JSON [`VersionedUser`]);
+//! - `g{group:be32}{id}` → empty: the group index;
+//! - `q{request_id}` → the write's outcome (JSON [`Reply`]), for idempotent retries;
+//! - `m/applied` → the last applied log sequence (be64);
+//! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
+//!
+//! Every log entry is applied as one `WriteBatch` holding all of these, so a crash never
+//! leaves a record without its index, counts or applied sequence.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protocol::{LogEntry, PartitionId, Reply, VersionedUser};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+
+const APPLIED: &[u8] = b"m/applied";
+const COUNT: &[u8] = b"m/count";
+
+/// The column family holding partition `p`.
+pub fn partition_cf(p: PartitionId) -> String {
+    format!("p{p}")
+}
+
+/// A storage failure: RocksDB or a value that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB returned an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value is not what we wrote.
+    #[error("corrupt value: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The partition is not hosted here.
+    #[error("partition {0} is not hosted by this node")]
+    NotHosted(PartitionId),
+}
+
+/// The node's database, shared by every task.
+#[derive(Clone)]
+pub struct Storage {
+    db: Arc<DB>,
+}
+
+fn record_key(id: &str) -> Vec<u8> {
+    [b"r", id.as_bytes()].concat()
+}
+
+fn group_key(group: u32, id: &str) -> Vec<u8> {
+    [&b"g"[..], &group.to_be_bytes(), id.as_bytes()].concat()
+}
+
+fn group_count_key(group: u32) -> Vec<u8> {
+    [&b"c"[..], &group.to_be_bytes()].concat()
+}
+
+fn request_key(request_id: &str) -> Vec<u8> {
+    [b"q", request_id.as_bytes()].concat()
+}
+
+fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
+    bytes
+        .and_then(|b| b.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl Storage {
+    /// Opens (or creates) the database at `path` with a column family for each partition.
+    pub fn open(path: &Path, partitions: &[PartitionId]) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = partitions
+            .iter()
+            .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    fn cf(&self, p: PartitionId) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(&partition_cf(p))
+            .ok_or(StorageError::NotHosted(p))
+    }
+
+    fn read_u64(&self, p: PartitionId, key: &[u8]) -> Result<u64, StorageError> {
+        Ok(be64(self.db.get_pinned_cf(self.cf(p)?, key)?))
+    }
+
+    /// The last log sequence applied to partition `p` (0 if none).
+    pub fn applied(&self, p: PartitionId) -> Result<u64, StorageError> {
+        self.read_u64(p, APPLIED)
+    }
+
+    /// The record `id` of partition `p`, with its version.
+    pub fn get(&self, p: PartitionId, id: &str) -> Result<Option<VersionedUser>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(p)?, record_key(id))? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The outcome of an applied write, by request id.
+    pub fn outcome(&self, p: PartitionId, request_id: &str) -> Result<Option<Reply>, StorageError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(p)?, request_key(request_id))?
+        {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of records in partition `p`, in total or in one group.
+    pub fn count(&self, p: PartitionId, group: Option<u32>) -> Result<u64, StorageError> {
+        match group {
+            None => self.read_u64(p, COUNT),
+            Some(g) => self.read_u64(p, &group_count_key(g)),
+        }
+    }
+
+    /// Applies log entry `seq` to partition `p` in one batch. Entries at or below the applied
+    /// sequence are skipped, so re-applying is harmless. Returns the outcome it recorded, or
+    /// `None` when skipped. The caller serialises applies per partition.
+    pub fn apply(
+        &self,
+        p: PartitionId,
+        seq: u64,
+        entry: &LogEntry,
+    ) -> Result<Option<Reply>, StorageError> {
+        if seq <= self.applied(p)? {
+            return Ok(None);
+        }
+        let cf = self.cf(p)?;
+        let previous = self.get(p, &entry.id)?.map(|v| v.user);
+        let mut batch = WriteBatch::default();
+        // (group, change in its count): at most one -1 and one +1, which cancel when the
+        // record keeps its group.
+        let mut group_deltas: Vec<(u32, i64)> = Vec::with_capacity(2);
+        let mut total = self.read_u64(p, COUNT)?;
+        if let Some(old) = &previous {
+            batch.delete_cf(cf, group_key(old.group, &old.id));
+            group_deltas.push((old.group, -1));
+            total = total.saturating_sub(1);
+        }
+        let reply = match &entry.record {
+            Some(user) => {
+                let stored = VersionedUser {
+                    user: user.clone(),
+                    version: seq,
+                };
+                batch.put_cf(cf, record_key(&user.id), serde_json::to_vec(&stored)?);
+                batch.put_cf(cf, group_key(user.group, &user.id), []);
+                match group_deltas.first_mut() {
+                    Some((g, d)) if *g == user.group => *d += 1,
+                    _ => group_deltas.push((user.group, 1)),
+                }
+                total += 1;
+                Reply::User(stored)
+            }
+            None => {
+                batch.delete_cf(cf, record_key(&entry.id));
+                Reply::Deleted { version: seq }
+            }
+        };
+        for (group, delta) in group_deltas.into_iter().filter(|(_, d)| *d != 0) {
+            let key = group_count_key(group);
+            match self.read_u64(p, &key)?.saturating_add_signed(delta) {
+                0 => batch.delete_cf(cf, key),
+                n => batch.put_cf(cf, key, n.to_be_bytes()),
+            }
+        }
+        batch.put_cf(cf, COUNT, total.to_be_bytes());
+        batch.put_cf(
+            cf,
+            request_key(&entry.request_id),
+            serde_json::to_vec(&reply)?,
+        );
+        batch.put_cf(cf, APPLIED, seq.to_be_bytes());
+        self.db.write(batch)?;
+        Ok(Some(reply))
+    }
+
+    /// Flushes memtables to disk (on shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        Ok(self.db.flush()?)
+    }
+}

@@ -1,0 +1,49 @@
+//! Gateway configuration: every setting is an env var and a `--flag` (DESIGN.md).
+
+use std::time::Duration;
+
+/// Which copy of a partition serves reads first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadFrom {
+    /// The replica first (spreads reads off the primaries), then the primary.
+    Replica,
+    /// The primary first, then the replica.
+    Primary,
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version, about = "ringstore REST gateway")]
+pub struct Config {
+    /// HTTP port.
+    #[arg(long, env = "REST_PORT", default_value_t = 3001)]
+    pub rest_port: u16,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://localhost:4222")]
+    pub nats_url: String,
+    /// NATS user (with `NATS_PASSWORD`); unset = no authentication.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Number of partitions in the ring.
+    #[arg(long, env = "PARTITIONS", default_value_t = 3)]
+    pub partitions: u32,
+    /// `replica` or `primary`.
+    #[arg(long, env = "READ_FROM", value_enum, default_value = "replica")]
+    pub read_from: ReadFrom,
+    /// How long one HTTP request may wait for dbnodes, failover included.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+    /// Logging.
+    #[command(flatten)]
+    pub log: telemetry::LogConfig,
+}
+
+impl Config {
+    /// `REQUEST_TIMEOUT_MS` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+}

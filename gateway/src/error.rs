@@ -1,0 +1,130 @@
+//! [`ApiError`]: every error the REST API returns, mapped to its status code in one `match`
+//! and rendered as `application/problem+json` (RFC 9457).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use protocol::{FieldError, ProtocolError};
+use serde::Serialize;
+use tracing::error;
+
+use crate::store::TransportError;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// For validation errors: every offending field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A dbnode refused the request.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// No dbnode answered.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The body is not valid JSON, or a header or parameter is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not `application/json`.
+    #[error("the body must be application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than 64 KiB.
+    #[error("the body is larger than 64 KiB")]
+    PayloadTooLarge,
+    /// No such route.
+    #[error("no such resource")]
+    NoRoute,
+    /// The route exists but not for this method.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// A 400 for a body that failed validation.
+    pub fn invalid(fields: Vec<FieldError>) -> Self {
+        ApiError::Protocol(ProtocolError::Invalid { fields })
+    }
+
+    fn status(&self) -> StatusCode {
+        use ProtocolError as P;
+        match self {
+            ApiError::Protocol(P::NotFound) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::Protocol(P::AlreadyExists) => StatusCode::CONFLICT,
+            ApiError::Protocol(P::PreconditionFailed { .. }) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Protocol(P::Invalid { .. }) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Protocol(P::Behind { .. } | P::Unavailable(_))
+            | ApiError::Transport(TransportError::NoResponders | TransportError::Other(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Transport(TransportError::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Protocol(P::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn slug(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            400 => "invalid-request",
+            404 => "not-found",
+            405 => "method-not-allowed",
+            409 => "already-exists",
+            412 => "precondition-failed",
+            413 => "payload-too-large",
+            415 => "unsupported-media-type",
+            503 => "unavailable",
+            504 => "timeout",
+            _ => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            error!(error = %self, "internal error");
+            "internal error; see the gateway and dbnode logs".to_owned()
+        } else {
+            self.to_string()
+        };
+        let errors = match self {
+            ApiError::Protocol(ProtocolError::Invalid { fields }) => fields,
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: format!("https://ringstore.dev/problems/{}", Self::slug(status)),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).expect("problems serialise");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,137 @@
+//! Request extractors that fail with our problem+json errors instead of axum's plain text.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The largest accepted body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON body: `application/json` (or `+json`), at most 64 KiB, well-formed.
+pub struct JsonBody(pub Value);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    }
+}
+
+/// The `If-Match` header as a version: `"7"`, `W/"7"` or `7`; `*` or absent is `None`.
+/// A value that is no version can never match, so it is `Some(0)` (versions start at 1).
+pub struct IfMatch(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = value.to_str().unwrap_or("").trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        let tag = text.trim_start_matches("W/").trim_matches('"');
+        Ok(IfMatch(Some(tag.parse().unwrap_or(0))))
+    }
+}
+
+/// The request id of a write: derived from `Idempotency-Key` when given (so a retry returns
+/// the first outcome), else fresh.
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(RequestId(uuid::Uuid::new_v4().to_string())),
+            Some(key) => match key.to_str() {
+                Ok(k)
+                    if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    Ok(RequestId(format!("idem:{k}")))
+                }
+                _ => Err(ApiError::BadRequest(
+                    "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+                )),
+            },
+        }
+    }
+}
+
+/// A record id from the path, percent-decoded and validated.
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        protocol::user::validate_id(&id)
+            .map_err(|msg| ApiError::invalid(vec![protocol::FieldError::new("id", msg)]))?;
+        Ok(IdPath(id))
+    }
+}
+
+/// Percent-encodes an id for use as one URL path segment (everything but RFC 3986
+/// unreserved characters).
+pub fn encode_segment(id: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("a.b-c_d~"), "a.b-c_d~");
+        assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
+    }
+}

@@ -1,0 +1,111 @@
+//! ringstore gateway: the REST API of DESIGN.md over NATS request/reply.
+//!
+//! Routes: `GET/PUT/PATCH/DELETE /api/user/{id}`, `POST/PUT /api/user` (and `/api/user/`),
+//! `GET /api/cluster`, `/health`, `/ready`, `/metrics`, `/openapi.json`. Each request goes to
+//! `ringstore.part.{p}.{primary|replica}.{op}` for the record's partition, failing over to the
+//! other copy; presence heartbeats (`ringstore.presence.*`) steer around silent nodes.
+
+mod config;
+mod error;
+mod extract;
+pub mod memory;
+mod metrics;
+mod nats_store;
+mod openapi;
+pub mod presence;
+mod routes;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+pub use config::{Config, ReadFrom};
+pub use error::ApiError;
+pub use metrics::Metrics;
+use protocol::PartitionMap;
+pub use routes::AppState;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::nats_store::NatsStore;
+use crate::presence::PresenceTable;
+
+/// The HTTP application over `state`.
+pub fn app(state: AppState) -> Router {
+    let user_root = post(routes::create_user).put(routes::update_user);
+    Router::new()
+        .route("/api/user", user_root.clone())
+        .route("/api/user/", user_root)
+        .route(
+            "/api/user/{id}",
+            get(routes::get_user)
+                .put(routes::put_user)
+                .patch(routes::patch_user)
+                .delete(routes::delete_user),
+        )
+        .route("/api/cluster", get(routes::cluster))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .with_state(state)
+}
+
+/// Connects to NATS, retrying in the background until the server is reachable.
+async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("ringstore-gateway")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(Duration::from_secs(5))
+        .event_callback(|event| async move { info!(%event, "nats") });
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    Ok(options.connect(&config.nats_url).await?)
+}
+
+/// Serves the REST API until `shutdown`, then stops accepting, finishes in-flight requests
+/// and drains NATS.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    info!(url = config.nats_url, "connecting to NATS");
+    let client = connect(&config).await?;
+    let presence = Arc::new(PresenceTable::default());
+    let follower = tokio::spawn(presence.clone().follow(client.clone(), shutdown.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let store = NatsStore::new(
+        client.clone(),
+        PartitionMap::new(config.partitions),
+        config.request_timeout(),
+        config.read_from,
+        presence.clone(),
+        metrics.clone(),
+    );
+    let state = AppState {
+        store: Arc::new(store),
+        metrics,
+        presence,
+    };
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, read_from = ?config.read_from, "serving HTTP");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    info!("shutting down");
+    shutdown.cancel();
+    follower.await?;
+    client.drain().await?;
+    Ok(())
+}

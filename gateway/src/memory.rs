@@ -1,0 +1,90 @@
+//! An in-memory [`Store`] for router tests: same decisions as a dbnode ([`decide`]), no NATS.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use protocol::decide::decide;
+use protocol::{ProtocolError, Reply, VersionedUser, WriteKind};
+
+use crate::store::{Store, StoreResult, TransportError};
+
+/// Records in a map; a settable transport failure simulates dead or slow dbnodes.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<String, VersionedUser>,
+    outcomes: HashMap<String, Reply>,
+    seq: u64,
+    failure: Option<TransportError>,
+}
+
+impl MemoryStore {
+    /// From now on every call fails with `failure` (or succeeds again with `None`).
+    pub fn fail_with(&self, failure: Option<TransportError>) {
+        self.state.lock().unwrap().failure = failure;
+    }
+}
+
+impl MemoryStore {
+    fn get_now(&self, id: &str) -> StoreResult<VersionedUser> {
+        let state = self.state.lock().unwrap();
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        Ok(state
+            .records
+            .get(id)
+            .cloned()
+            .ok_or(ProtocolError::NotFound))
+    }
+
+    fn write_now(&self, request_id: String, kind: WriteKind) -> StoreResult<Reply> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        if let Some(outcome) = state.outcomes.get(&request_id) {
+            return Ok(Ok(outcome.clone()));
+        }
+        let record = match decide(state.records.get(kind.id()), &kind) {
+            Ok(record) => record,
+            Err(e) => return Ok(Err(e)),
+        };
+        state.seq += 1;
+        let version = state.seq;
+        let reply = match record {
+            Some(user) => {
+                let stored = VersionedUser { user, version };
+                state.records.insert(stored.user.id.clone(), stored.clone());
+                Reply::User(stored)
+            }
+            None => {
+                state.records.remove(kind.id());
+                Reply::Deleted { version }
+            }
+        };
+        state.outcomes.insert(request_id, reply.clone());
+        Ok(Ok(reply))
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<VersionedUser>> {
+        Box::pin(std::future::ready(self.get_now(id)))
+    }
+
+    fn write(&self, request_id: String, kind: WriteKind) -> BoxFuture<'_, StoreResult<Reply>> {
+        Box::pin(std::future::ready(self.write_now(request_id, kind)))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(
+            self.state.lock().unwrap().failure.is_none(),
+        ))
+    }
+}

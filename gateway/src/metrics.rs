@@ -1,0 +1,106 @@
+//! Prometheus metrics: HTTP requests and latency per route and status, NATS request latency
+//! per op, role and outcome. Each gateway instance owns its registry.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
+    nats_latency: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "ringstore_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ringstore_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let nats_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ringstore_nats_request_duration_seconds",
+                "NATS request latency by op, role and outcome",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["op", "role", "outcome"],
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_latency.clone()),
+            Box::new(nats_latency.clone()),
+        ] {
+            registry.register(metric).expect("metric registered once");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            nats_latency,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one NATS request.
+    pub fn observe_nats(&self, op: &str, role: &str, outcome: &str, started: Instant) {
+        self.nats_latency
+            .with_label_values(&[op, role, outcome])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+/// Middleware recording every HTTP request.
+pub async fn track(
+    State(metrics): State<std::sync::Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    metrics.http_requests.with_label_values(&labels).inc();
+    metrics
+        .http_latency
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

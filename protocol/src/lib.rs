@@ -1,0 +1,24 @@
+//! ringstore's wire protocol: everything two ringstore processes must agree on, and nothing
+//! that does I/O.
+//!
+//! - [`user`]: the `User` record, its validation rules and the partial-update merge;
+//! - [`partition`]: the stable partition hash and the partition → node map;
+//! - [`subjects`]: every NATS subject and JetStream stream name;
+//! - [`messages`]: request, reply and log-entry types carried over NATS;
+//! - [`error`]: [`ProtocolError`], the errors a dbnode answers with.
+
+pub mod decide;
+pub mod error;
+pub mod messages;
+pub mod partition;
+pub mod subjects;
+pub mod user;
+
+pub use error::{FieldError, ProtocolError};
+pub use messages::{
+    Answer, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply, VersionedUser,
+    WriteKind, WriteRequest,
+};
+pub use partition::{NodeId, PartitionId, PartitionMap, Role};
+pub use subjects::Op;
+pub use user::{User, UserPatch};

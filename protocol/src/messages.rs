@@ -1,0 +1,189 @@
+//! Requests, replies and log entries. All are JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, PartitionId, ProtocolError, Role, User, UserPatch};
+
+/// `…{role}.get`: read one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// The record id.
+    pub id: String,
+    /// Read-your-writes: the copy must have applied at least this partition sequence, else it
+    /// waits briefly and then answers [`ProtocolError::Behind`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The change a write asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WriteKind {
+    /// Create `user`; fails with `AlreadyExists` if the id is taken.
+    Create {
+        /// The full record.
+        user: User,
+    },
+    /// Change the given fields of an existing record.
+    Update {
+        /// The record id.
+        id: String,
+        /// The fields to change.
+        patch: UserPatch,
+        /// Apply only if the record's version equals this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_match: Option<u64>,
+    },
+    /// Delete a record.
+    Delete {
+        /// The record id.
+        id: String,
+        /// Apply only if the record's version equals this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_match: Option<u64>,
+    },
+}
+
+impl WriteKind {
+    /// The id of the record the write touches.
+    pub fn id(&self) -> &str {
+        match self {
+            WriteKind::Create { user } => &user.id,
+            WriteKind::Update { id, .. } | WriteKind::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// `…{role}.{create,update,delete}`: a write. A retry carries the same `request_id`, and a
+/// writer that finds the id already applied returns the first outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// Unique per logical request (UUID, or derived from an `Idempotency-Key`).
+    pub request_id: String,
+    /// The change.
+    #[serde(flatten)]
+    pub kind: WriteKind,
+}
+
+/// A record with its version: the partition-log sequence of its last write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionedUser {
+    /// The record.
+    pub user: User,
+    /// Its version.
+    pub version: u64,
+}
+
+/// A successful answer. The wire form of an answer is `Result<Reply, ProtocolError>`:
+/// `{"Ok": …}` or `{"Err": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// The record (get, create, update).
+    User(VersionedUser),
+    /// The record was deleted by the write at `version`.
+    Deleted {
+        /// The partition sequence of the delete.
+        version: u64,
+    },
+}
+
+impl Reply {
+    /// The partition sequence this answer reflects.
+    pub fn version(&self) -> u64 {
+        match self {
+            Reply::User(v) => v.version,
+            Reply::Deleted { version } => *version,
+        }
+    }
+}
+
+/// What a dbnode sends back for any request.
+pub type Answer = Result<Reply, ProtocolError>;
+
+/// One message of a partition's log: the full resulting record or a tombstone. Its version is
+/// the message's stream sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The record id.
+    pub id: String,
+    /// The record after the write; `None` is a delete.
+    pub record: Option<User>,
+    /// The node that wrote it.
+    pub writer: NodeId,
+    /// The request that caused it.
+    pub request_id: String,
+}
+
+/// A node's life-cycle state, as announced in presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Replaying its partitions' logs; not serving.
+    CatchingUp,
+    /// Serving every hosted partition.
+    Ready,
+}
+
+/// One hosted partition in a presence heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePartition {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The node's role for it.
+    pub role: Role,
+    /// The last log sequence applied locally.
+    pub applied: u64,
+    /// Log entries not yet applied (0 when caught up).
+    pub lag: u64,
+}
+
+/// `ringstore.presence.{node}`, published every second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The node.
+    pub node: NodeId,
+    /// Random per process, to tell two processes claiming one node id apart.
+    pub instance: String,
+    /// Catching up or ready.
+    pub state: NodeState,
+    /// Hosted partitions.
+    pub partitions: Vec<PresencePartition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn write_requests_are_flat_json() {
+        let req = WriteRequest {
+            request_id: "r1".into(),
+            kind: WriteKind::Delete {
+                id: "a.b".into(),
+                if_match: Some(4),
+            },
+        };
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            json!({"request_id": "r1", "kind": "delete", "id": "a.b", "if_match": 4})
+        );
+        assert_eq!(serde_json::from_value::<WriteRequest>(v).unwrap(), req);
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let ok: Answer = Ok(Reply::Deleted { version: 9 });
+        let err: Answer = Err(ProtocolError::Behind { applied: 3 });
+        for a in [ok, err] {
+            let bytes = serde_json::to_vec(&a).unwrap();
+            assert_eq!(serde_json::from_slice::<Answer>(&bytes).unwrap(), a);
+        }
+    }
+}

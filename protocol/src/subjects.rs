@@ -1,0 +1,130 @@
+//! Every NATS subject and JetStream stream name ringstore uses. Record ids never appear in a
+//! request subject, and appear in log subjects only hex-encoded.
+
+use crate::{NodeId, PartitionId, Role};
+
+/// Request/reply operations a dbnode serves per partition and role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Read one record.
+    Get,
+    /// Create a record.
+    Create,
+    /// Partially update a record.
+    Update,
+    /// Delete a record.
+    Delete,
+}
+
+impl Op {
+    /// Every op, in subject order.
+    pub const ALL: [Op; 4] = [Op::Get, Op::Create, Op::Update, Op::Delete];
+
+    /// The last token of the op's subject.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// True for ops that change data.
+    pub fn is_write(self) -> bool {
+        !matches!(self, Op::Get)
+    }
+}
+
+/// `ringstore.part.{p}.{role}`: the service group a node serves for a hosted partition.
+pub fn partition_group(p: PartitionId, role: Role) -> String {
+    format!("ringstore.part.{p}.{}", role.as_str())
+}
+
+/// `ringstore.part.{p}.{role}.{op}`: where a request for `p` goes.
+pub fn request(p: PartitionId, role: Role, op: Op) -> String {
+    format!("{}.{}", partition_group(p, role), op.as_str())
+}
+
+/// `ringstore.part.{p}.primary.{op}`.
+pub fn primary(p: PartitionId, op: Op) -> String {
+    request(p, Role::Primary, op)
+}
+
+/// `ringstore.part.{p}.replica.{op}`: takeover writes and replica reads.
+pub fn replica(p: PartitionId, op: Op) -> String {
+    request(p, Role::Replica, op)
+}
+
+/// `ringstore.presence.{node}`: each dbnode's heartbeat.
+pub fn presence(node: NodeId) -> String {
+    format!("ringstore.presence.{node}")
+}
+
+/// Wildcard over every node's presence.
+pub const PRESENCE_ALL: &str = "ringstore.presence.*";
+
+/// `ringstore.node.{node}.ping`: answered by the live process that owns a node id, so that a
+/// second process with the same `DB_INSTANCE_ID` can refuse to start.
+pub fn node_ping(node: NodeId) -> String {
+    format!("ringstore.node.{node}.ping")
+}
+
+/// `RINGSTORE_P{p}`: the partition's replication log.
+pub fn stream_name(p: PartitionId) -> String {
+    format!("RINGSTORE_P{p}")
+}
+
+/// `ringstore.log.{p}.>`: the subjects of the partition's stream.
+pub fn log_filter(p: PartitionId) -> String {
+    format!("ringstore.log.{p}.>")
+}
+
+/// `ringstore.log.{p}.{hex(id)}`: one subject per record, so the stream keeps the latest entry
+/// of each record.
+pub fn log_subject(p: PartitionId, id: &str) -> String {
+    use std::fmt::Write;
+    let mut s = format!("ringstore.log.{p}.");
+    for b in id.as_bytes() {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Name of the NATS service every dbnode registers (`nats micro ls`).
+pub const SERVICE_NAME: &str = "ringstore-dbnode";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_subjects() {
+        assert_eq!(primary(2, Op::Get), "ringstore.part.2.primary.get");
+        assert_eq!(replica(0, Op::Delete), "ringstore.part.0.replica.delete");
+        assert_eq!(presence(NodeId(1)), "ringstore.presence.db-1");
+        assert_eq!(stream_name(4), "RINGSTORE_P4");
+    }
+
+    #[test]
+    fn hostile_ids_are_encoded_into_one_safe_token() {
+        for id in [
+            "a.b",
+            "a*b",
+            "a>b",
+            "$SRV.PING",
+            "with space",
+            "üñí€",
+            "x\u{7f}",
+        ] {
+            let subject = log_subject(1, id);
+            let token = subject.strip_prefix("ringstore.log.1.").unwrap();
+            assert!(
+                token.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id:?} -> {subject}"
+            );
+            assert_eq!(token.len(), id.len() * 2);
+        }
+        assert_eq!(log_subject(0, "a.b"), "ringstore.log.0.612e62");
+    }
+}
