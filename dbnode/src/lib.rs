@@ -54,7 +54,10 @@ pub async fn connect(config: &Config) -> Result<async_nats::Client, NodeError> {
     if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
-    options.connect(&config.nats_url).await.map_err(|e| NodeError::Nats(e.into()))
+    options
+        .connect(&config.nats_url)
+        .await
+        .map_err(|e| NodeError::Nats(e.into()))
 }
 
 /// Retries `attempt` every second until it succeeds or `shutdown` fires.

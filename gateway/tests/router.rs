@@ -1,0 +1,376 @@
+//! Router tests: every status code of DESIGN.md's REST table against an in-memory store.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::Response;
+use gateway::memory::MemoryStore;
+use gateway::presence::PresenceTable;
+use gateway::store::TransportError;
+use gateway::{app, AppState, Metrics};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Api {
+    store: Arc<MemoryStore>,
+    router: axum::Router,
+}
+
+impl Api {
+    fn new() -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let state = AppState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            presence: Arc::new(PresenceTable::default()),
+        };
+        Self {
+            store,
+            router: app(state),
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Response<()>, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (parts.status, Response::from_parts(parts, ()), value)
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Value,
+    ) -> (StatusCode, Response<()>, Value) {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn call(&self, method: Method, uri: &str) -> (StatusCode, Response<()>, Value) {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+fn ann() -> Value {
+    json!({"id": "ann", "name": "Ann", "email": "ann@example.com", "group": 1})
+}
+
+fn etag(response: &Response<()>) -> String {
+    response.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn assert_problem(status: StatusCode, response: &Response<()>, body: &Value, expected: u16) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(body["status"], expected);
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+}
+
+#[tokio::test]
+async fn create_returns_201_with_location_and_etag() {
+    let api = Api::new();
+    let (status, response, body) = api.json(Method::POST, "/api/user", ann()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body, ann());
+    assert_eq!(response.headers()[header::LOCATION], "/api/user/ann");
+    assert_eq!(etag(&response), "\"1\"");
+}
+
+#[tokio::test]
+async fn create_without_id_generates_a_uuid_and_trailing_slash_works() {
+    let api = Api::new();
+    let body = json!({"name": "Bo", "email": "bo@example.com", "group": 0});
+    let (status, _, created) = api.json(Method::POST, "/api/user/", body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+}
+
+#[tokio::test]
+async fn duplicate_create_is_409() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    let (status, response, body) = api.json(Method::POST, "/api/user", ann()).await;
+    assert_problem(status, &response, &body, 409);
+}
+
+#[tokio::test]
+async fn get_returns_the_record_or_404() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    let (status, response, body) = api.call(Method::GET, "/api/user/ann").await;
+    assert_eq!((status, body), (StatusCode::OK, ann()));
+    assert_eq!(etag(&response), "\"1\"");
+    let (status, response, body) = api.call(Method::GET, "/api/user/nobody").await;
+    assert_problem(status, &response, &body, 404);
+}
+
+#[tokio::test]
+async fn hostile_ids_round_trip_through_the_path() {
+    let api = Api::new();
+    for (id, path) in [
+        ("a b", "a%20b"),
+        ("üñí€", "%C3%BC%C3%B1%C3%AD%E2%82%AC"),
+        ("a.b", "a.b"),
+    ] {
+        let user = json!({"id": id, "name": "X", "email": "x@example.com", "group": 2});
+        let (status, response, _) = api.json(Method::POST, "/api/user", user.clone()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            format!("/api/user/{path}").as_str()
+        );
+        let (status, _, body) = api.call(Method::GET, &format!("/api/user/{path}")).await;
+        assert_eq!((status, body), (StatusCode::OK, user));
+    }
+}
+
+#[tokio::test]
+async fn partial_updates_change_only_given_fields() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    let (status, _, body) = api
+        .json(Method::PUT, "/api/user", json!({"id": "ann", "group": 7}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"id": "ann", "name": "Ann", "email": "ann@example.com", "group": 7})
+    );
+    let (_, _, body) = api
+        .json(Method::PUT, "/api/user/", json!({"id": "ann", "name": "A"}))
+        .await;
+    assert_eq!(body["name"], "A");
+    let (_, _, body) = api
+        .json(Method::PATCH, "/api/user/ann", json!({"email": "a@b.co"}))
+        .await;
+    assert_eq!(
+        body,
+        json!({"id": "ann", "name": "A", "email": "a@b.co", "group": 7})
+    );
+    let (status, response, body) = api
+        .json(Method::PUT, "/api/user/ann", json!({"group": 3}))
+        .await;
+    assert_eq!((status, body["group"].clone()), (StatusCode::OK, json!(3)));
+    assert_eq!(etag(&response), "\"5\"");
+}
+
+#[tokio::test]
+async fn update_of_a_missing_record_is_404() {
+    let api = Api::new();
+    let (status, response, body) = api
+        .json(Method::PUT, "/api/user", json!({"id": "x", "group": 1}))
+        .await;
+    assert_problem(status, &response, &body, 404);
+}
+
+#[tokio::test]
+async fn if_match_makes_writes_conditional() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    let conditional = |method: Method, tag: &str| {
+        Request::builder()
+            .method(method)
+            .uri("/api/user/ann")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::IF_MATCH, tag)
+            .body(Body::from(json!({"group": 9}).to_string()))
+            .unwrap()
+    };
+    let (status, response, body) = api.send(conditional(Method::PATCH, "\"7\"")).await;
+    assert_problem(status, &response, &body, 412);
+    let (status, response, body) = api.send(conditional(Method::PATCH, "garbage")).await;
+    assert_problem(status, &response, &body, 412);
+    let (status, response, _) = api.send(conditional(Method::PATCH, "\"1\"")).await;
+    assert_eq!(
+        (status, etag(&response)),
+        (StatusCode::OK, "\"2\"".to_owned())
+    );
+    let (status, response, body) = api.send(conditional(Method::DELETE, "\"1\"")).await;
+    assert_problem(status, &response, &body, 412);
+    let (status, _, _) = api.send(conditional(Method::DELETE, "\"2\"")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn delete_is_204_then_404() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    assert_eq!(
+        api.call(Method::DELETE, "/api/user/ann").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, response, body) = api.call(Method::DELETE, "/api/user/ann").await;
+    assert_problem(status, &response, &body, 404);
+    assert_eq!(
+        api.call(Method::GET, "/api/user/ann").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn validation_errors_name_every_offending_field() {
+    let api = Api::new();
+    let bad = json!({"id": "", "name": "", "email": "nope", "group": -1, "age": 3});
+    let (status, response, body) = api.json(Method::POST, "/api/user", bad).await;
+    assert_problem(status, &response, &body, 400);
+    let mut fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["age", "email", "group", "id", "name"]);
+}
+
+#[tokio::test]
+async fn patch_may_not_change_the_id() {
+    let api = Api::new();
+    api.json(Method::POST, "/api/user", ann()).await;
+    let (status, response, body) = api
+        .json(Method::PATCH, "/api/user/ann", json!({"id": "bob"}))
+        .await;
+    assert_problem(status, &response, &body, 400);
+    assert_eq!(body["errors"][0]["field"], "id");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_wrong_content_type_is_415() {
+    let api = Api::new();
+    let request = |ct: &str, body: &str| {
+        Request::post("/api/user")
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let (status, response, body) = api.send(request("application/json", "{\"id\": ")).await;
+    assert_problem(status, &response, &body, 400);
+    let (status, response, body) = api.send(request("application/json", "[1, 2]")).await;
+    assert_problem(status, &response, &body, 400);
+    let (status, response, body) = api.send(request("text/plain", &ann().to_string())).await;
+    assert_problem(status, &response, &body, 415);
+    let no_type = Request::post("/api/user")
+        .body(Body::from(ann().to_string()))
+        .unwrap();
+    let (status, response, body) = api.send(no_type).await;
+    assert_problem(status, &response, &body, 415);
+}
+
+#[tokio::test]
+async fn bodies_over_64_kib_are_413() {
+    let api = Api::new();
+    let big = json!({"id": "x", "name": "n".repeat(70_000), "email": "a@b.co", "group": 1});
+    let (status, response, body) = api.json(Method::POST, "/api/user", big).await;
+    assert_problem(status, &response, &body, 413);
+}
+
+#[tokio::test]
+async fn no_responders_is_503_with_retry_after_and_timeout_is_504() {
+    let api = Api::new();
+    api.store.fail_with(Some(TransportError::NoResponders));
+    let (status, response, body) = api.call(Method::GET, "/api/user/ann").await;
+    assert_problem(status, &response, &body, 503);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    let (status, response, body) = api.json(Method::POST, "/api/user", ann()).await;
+    assert_problem(status, &response, &body, 503);
+    assert_eq!(
+        api.call(Method::GET, "/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    api.store.fail_with(Some(TransportError::TimedOut));
+    let (status, response, body) = api.call(Method::DELETE, "/api/user/ann").await;
+    assert_problem(status, &response, &body, 504);
+
+    api.store.fail_with(None);
+    assert_eq!(api.call(Method::GET, "/ready").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_outcome() {
+    let api = Api::new();
+    let request = |key: &str| {
+        Request::post("/api/user")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(ann().to_string()))
+            .unwrap()
+    };
+    let (first, r1, _) = api.send(request("k1")).await;
+    let (again, r2, _) = api.send(request("k1")).await;
+    assert_eq!((first, again), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(etag(&r1), etag(&r2));
+    let (other, response, body) = api.send(request("k2")).await;
+    assert_eq!(other, StatusCode::CONFLICT);
+    assert_problem(other, &response, &body, 409);
+    let (status, response, body) = api.send(request("bad key")).await;
+    assert_problem(status, &response, &body, 400);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let api = Api::new();
+    let (status, response, body) = api.call(Method::GET, "/api/nothing").await;
+    assert_problem(status, &response, &body, 404);
+    let (status, response, body) = api.call(Method::DELETE, "/api/user").await;
+    assert_problem(status, &response, &body, 405);
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let api = Api::new();
+    assert_eq!(api.call(Method::GET, "/health").await.0, StatusCode::OK);
+    api.call(Method::GET, "/api/user/x").await;
+    let (status, _, text) = api.call(Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"ringstore_http_requests_total{method="GET",route="/api/user/{id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    let (status, _, doc) = api.call(Method::GET, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/user",
+        "/api/user/{id}",
+        "/api/cluster",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from OpenAPI");
+    }
+    for method in ["get", "put", "patch", "delete"] {
+        assert!(paths["/api/user/{id}"][method].is_object(), "{method}");
+    }
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
