@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use protocol::decide::decide;
 use protocol::{
-    Answer, GetRequest, LogEntry, NodeId, PartitionId, PresencePartition, ProtocolError, Reply,
-    Role, WriteRequest,
+    Answer, CountRequest, GetRequest, LogEntry, NodeId, PartitionId, PresencePartition,
+    ProtocolError, Reply, Role, ScanRequest, WriteRequest,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ use crate::storage::{Storage, StorageError};
 const READ_WAIT: Duration = Duration::from_millis(150);
 /// How long a writer waits for the tailer to catch up after losing the sequence race.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(1500);
+/// The largest page a scan returns.
+const MAX_PAGE: u32 = 1000;
 /// How often a writer retries after losing the sequence race.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -117,17 +119,41 @@ impl Partition {
         Ok(())
     }
 
-    /// Serves a read from the local copy.
-    pub async fn get(&self, req: GetRequest) -> Answer {
-        if req.min_seq > self.applied() && !self.wait_applied(req.min_seq, READ_WAIT).await {
+    /// Read-your-writes: waits briefly for `min_seq`, else answers `Behind`.
+    async fn ensure_applied(&self, min_seq: u64) -> Result<(), ProtocolError> {
+        if min_seq > self.applied() && !self.wait_applied(min_seq, READ_WAIT).await {
             return Err(ProtocolError::Behind {
                 applied: self.applied(),
             });
         }
+        Ok(())
+    }
+
+    /// Serves a read from the local copy.
+    pub async fn get(&self, req: GetRequest) -> Answer {
+        self.ensure_applied(req.min_seq).await?;
         match self.storage.get(self.id, &req.id)? {
             Some(found) => Ok(Reply::User(found)),
             None => Err(ProtocolError::NotFound),
         }
+    }
+
+    /// Serves a page of a LIST from the local copy.
+    pub async fn scan(&self, req: ScanRequest) -> Answer {
+        self.ensure_applied(req.min_seq).await?;
+        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        let (items, more) = self
+            .storage
+            .scan(self.id, req.after.as_deref(), limit, req.group)?;
+        Ok(Reply::Page { items, more })
+    }
+
+    /// Serves a COUNT from the counters kept with the records.
+    pub async fn count(&self, req: CountRequest) -> Answer {
+        self.ensure_applied(req.min_seq).await?;
+        Ok(Reply::Count {
+            count: self.storage.count(self.id, req.group)?,
+        })
     }
 
     /// Validates `req` against the local state, commits it to the log with the expected last

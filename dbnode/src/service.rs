@@ -7,7 +7,10 @@ use std::sync::Arc;
 use async_nats::service::{Request, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
-use protocol::{subjects, Answer, GetRequest, NodeId, Op, ProtocolError, WriteRequest};
+use protocol::{
+    subjects, Answer, CountRequest, GetRequest, NodeId, Op, ProtocolError, ScanRequest,
+    WriteRequest,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -22,15 +25,15 @@ fn invalid(e: serde_json::Error) -> ProtocolError {
 
 /// Handles one request on `partition` for `op`.
 async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Answer {
+    fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ProtocolError> {
+        serde_json::from_slice(payload).map_err(invalid)
+    }
     match op {
-        Op::Get => {
-            partition
-                .get(serde_json::from_slice::<GetRequest>(payload).map_err(invalid)?)
-                .await
-        }
-        _ => {
-            let req = serde_json::from_slice::<WriteRequest>(payload).map_err(invalid)?;
-            partition.write(req).await
+        Op::Get => partition.get(parse::<GetRequest>(payload)?).await,
+        Op::Scan => partition.scan(parse::<ScanRequest>(payload)?).await,
+        Op::Count => partition.count(parse::<CountRequest>(payload)?).await,
+        Op::Create | Op::Update | Op::Delete => {
+            partition.write(parse::<WriteRequest>(payload)?).await
         }
     }
 }

@@ -13,8 +13,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use protocol::{LogEntry, PartitionId, Reply, VersionedUser};
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use protocol::{LogEntry, PartitionId, Reply, User, VersionedUser};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 
 const APPLIED: &[u8] = b"m/applied";
 const COUNT: &[u8] = b"m/count";
@@ -120,6 +120,52 @@ impl Storage {
             None => self.read_u64(p, COUNT),
             Some(g) => self.read_u64(p, &group_count_key(g)),
         }
+    }
+
+    /// Up to `limit` records of partition `p` with ids bytewise after `after`, in id order,
+    /// optionally only those of `group` (through the group index); and whether more follow.
+    /// Costs O(limit): one seek, then sequential reads.
+    pub fn scan(
+        &self,
+        p: PartitionId,
+        after: Option<&str>,
+        limit: usize,
+        group: Option<u32>,
+    ) -> Result<(Vec<User>, bool), StorageError> {
+        let cf = self.cf(p)?;
+        let prefix = match group {
+            Some(g) => group_key(g, ""),
+            None => record_key(""),
+        };
+        let start = [&prefix[..], after.unwrap_or("").as_bytes()].concat();
+        let mut items = Vec::with_capacity(limit.min(1024));
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let Some(id) = key.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            if after.is_some_and(|a| a.as_bytes() == id) {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            let record = match group {
+                None => serde_json::from_slice::<VersionedUser>(&value)?,
+                Some(_) => {
+                    let id = String::from_utf8_lossy(id);
+                    match self.get(p, &id)? {
+                        Some(record) => record,
+                        None => continue,
+                    }
+                }
+            };
+            items.push(record.user);
+        }
+        Ok((items, false))
     }
 
     /// Applies log entry `seq` to partition `p` in one batch. Entries at or below the applied

@@ -150,3 +150,43 @@ fn a_resumed_replay_skips_what_was_applied() {
     }
     assert_final_state(&storage);
 }
+
+#[test]
+fn scan_pages_by_id_and_by_group_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    for (seq, entry) in history() {
+        storage.apply(0, seq, &entry).unwrap();
+    }
+    let ids = |(items, more): (Vec<User>, bool)| {
+        (items.into_iter().map(|u| u.id).collect::<Vec<_>>(), more)
+    };
+    assert_eq!(
+        ids(storage.scan(0, None, 2, None).unwrap()),
+        (vec!["a".into(), "c".into()], true)
+    );
+    assert_eq!(
+        ids(storage.scan(0, Some("c"), 2, None).unwrap()),
+        (vec!["d.x ü".into()], false)
+    );
+    assert_eq!(
+        ids(storage.scan(0, Some("b"), 10, None).unwrap()).0,
+        ["c", "d.x ü"]
+    );
+    assert_eq!(
+        ids(storage.scan(0, None, 10, Some(2)).unwrap()),
+        (vec!["a".into(), "c".into()], false)
+    );
+    assert_eq!(
+        ids(storage.scan(0, Some("a"), 10, Some(2)).unwrap()).0,
+        ["c"]
+    );
+    assert_eq!(
+        ids(storage.scan(0, None, 10, Some(1)).unwrap()).0,
+        ["d.x ü"]
+    );
+    assert_eq!(
+        ids(storage.scan(0, None, 10, Some(7)).unwrap()),
+        (vec![], false)
+    );
+}

@@ -125,6 +125,79 @@ pub fn encode_segment(id: &str) -> String {
     out
 }
 
+/// The query of `GET /api/users` and `GET /api/users/count`, validated.
+pub struct ListQuery {
+    /// Page size, 1..=1000, default 50.
+    pub limit: u32,
+    /// The id the previous page ended at, decoded from `cursor`.
+    pub after: Option<String>,
+    /// Only this group.
+    pub group: Option<u32>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use crate::list::{decode_cursor, DEFAULT_LIMIT, MAX_LIMIT};
+        use protocol::FieldError;
+        let axum::extract::Query(params) = axum::extract::Query::<
+            std::collections::HashMap<String, String>,
+        >::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let mut errors = Vec::new();
+        let limit = match params.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(l) => match l.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        "must be an integer from 1 to 1000",
+                    ));
+                    DEFAULT_LIMIT
+                }
+            },
+        };
+        let after = match params.get("cursor").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => {
+                let decoded = decode_cursor(c);
+                if decoded.is_none() {
+                    errors.push(FieldError::new(
+                        "cursor",
+                        "is not a cursor this API returned",
+                    ));
+                }
+                decoded
+            }
+        };
+        let group = match params.get("group") {
+            None => None,
+            Some(g) => match g.parse::<u64>() {
+                Ok(n) if n <= protocol::user::MAX_GROUP => Some(n as u32),
+                _ => {
+                    errors.push(FieldError::new(
+                        "group",
+                        "must be an integer from 0 to 2147483647",
+                    ));
+                    None
+                }
+            },
+        };
+        if errors.is_empty() {
+            Ok(ListQuery {
+                limit,
+                after,
+                group,
+            })
+        } else {
+            Err(ApiError::invalid(errors))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! ringstore gateway: the REST API of DESIGN.md over NATS request/reply.
 //!
 //! Routes: `GET/PUT/PATCH/DELETE /api/user/{id}`, `POST/PUT /api/user` (and `/api/user/`),
+//! `GET /api/users` (LIST, cursor pagination), `GET /api/users/count`,
 //! `GET /api/cluster`, `/health`, `/ready`, `/metrics`, `/openapi.json`. Each request goes to
 //! `ringstore.part.{p}.{primary|replica}.{op}` for the record's partition, failing over to the
 //! other copy; presence heartbeats (`ringstore.presence.*`) steer around silent nodes.
@@ -8,6 +9,7 @@
 mod config;
 mod error;
 mod extract;
+pub mod list;
 pub mod memory;
 mod metrics;
 mod nats_store;
@@ -47,6 +49,8 @@ pub fn app(state: AppState) -> Router {
                 .patch(routes::patch_user)
                 .delete(routes::delete_user),
         )
+        .route("/api/users", get(routes::list_users))
+        .route("/api/users/count", get(routes::count_users))
         .route("/api/cluster", get(routes::cluster))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))

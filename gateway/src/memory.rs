@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use protocol::decide::decide;
-use protocol::{ProtocolError, Reply, VersionedUser, WriteKind};
+use protocol::{ProtocolError, Reply, User, VersionedUser, WriteKind};
+
+use crate::list::{merge, Page, PartitionPage};
 
 use crate::store::{Store, StoreResult, TransportError};
 
@@ -80,6 +82,46 @@ impl Store for MemoryStore {
 
     fn write(&self, request_id: String, kind: WriteKind) -> BoxFuture<'_, StoreResult<Reply>> {
         Box::pin(std::future::ready(self.write_now(request_id, kind)))
+    }
+
+    fn scan(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        group: Option<u32>,
+    ) -> BoxFuture<'_, StoreResult<Page>> {
+        let state = self.state.lock().unwrap();
+        let result = match &state.failure {
+            Some(failure) => Err(failure.clone()),
+            None => {
+                let mut items: Vec<User> = state
+                    .records
+                    .values()
+                    .map(|r| r.user.clone())
+                    .filter(|u| after.as_ref().is_none_or(|a| u.id > *a))
+                    .filter(|u| group.is_none_or(|g| u.group == g))
+                    .collect();
+                items.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Ok(merge(
+                    vec![PartitionPage { items, more: false }],
+                    limit as usize,
+                )))
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn count(&self, group: Option<u32>) -> BoxFuture<'_, StoreResult<u64>> {
+        let state = self.state.lock().unwrap();
+        let result = match &state.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(Ok(state
+                .records
+                .values()
+                .filter(|r| group.is_none_or(|g| r.user.group == g))
+                .count() as u64)),
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {

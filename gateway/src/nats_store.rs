@@ -9,11 +9,12 @@ use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::{
-    subjects, Answer, GetRequest, Op, PartitionId, PartitionMap, ProtocolError, Reply, Role,
-    VersionedUser, WriteKind, WriteRequest,
+    subjects, Answer, CountRequest, GetRequest, Op, PartitionId, PartitionMap, ProtocolError,
+    Reply, Role, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
 
 use crate::config::ReadFrom;
+use crate::list::{merge, Page, PartitionPage};
 use crate::metrics::Metrics;
 use crate::presence::PresenceTable;
 use crate::store::{Store, StoreResult, TransportError};
@@ -56,7 +57,9 @@ impl NatsStore {
     /// writes, and copies whose node is silent in presence last.
     fn targets(&self, p: PartitionId, op: Op) -> Vec<Role> {
         let mut roles = match (op, self.read_from) {
-            (Op::Get, ReadFrom::Replica) => vec![Role::Replica, Role::Primary],
+            (Op::Get | Op::Scan | Op::Count, ReadFrom::Replica) => {
+                vec![Role::Replica, Role::Primary]
+            }
             _ => vec![Role::Primary, Role::Replica],
         };
         roles.retain(|&role| role == Role::Primary || self.map.replica(p).is_some());
@@ -66,6 +69,20 @@ impl NatsStore {
         };
         roles.sort_by_key(|&role| !node(role).is_some_and(|n| self.presence.is_live(n)));
         roles
+    }
+
+    /// Sends one request per partition, concurrently, each with that partition's
+    /// read-your-writes sequence; fails if any partition cannot be reached.
+    async fn scatter(
+        &self,
+        op: Op,
+        request: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<Vec<Answer>, TransportError> {
+        let calls = self.map.all().map(|p| {
+            let min_seq = self.acked[p as usize].load(Ordering::Acquire);
+            self.call(p, op, request(min_seq).into())
+        });
+        futures::future::join_all(calls).await.into_iter().collect()
     }
 
     /// Sends `payload` to the copies of `p` in turn until one answers, within the request
@@ -136,6 +153,10 @@ impl NatsStore {
     }
 }
 
+fn unexpected(reply: Reply) -> ProtocolError {
+    ProtocolError::Internal(format!("unexpected reply {reply:?}"))
+}
+
 fn op_of(kind: &WriteKind) -> Op {
     match kind {
         WriteKind::Create { .. } => Op::Create,
@@ -161,7 +182,7 @@ impl Store for NatsStore {
                 .await?
                 .and_then(|reply| match reply {
                     Reply::User(record) => Ok(record),
-                    Reply::Deleted { .. } => Err(ProtocolError::NotFound),
+                    other => Err(unexpected(other)),
                 }))
         })
     }
@@ -175,10 +196,60 @@ impl Store for NatsStore {
                 .expect("requests serialise")
                 .into();
             let answer = self.call(p, op, payload).await?;
-            if let Ok(reply) = &answer {
-                self.acked[p as usize].fetch_max(reply.version(), Ordering::AcqRel);
+            if let Some(version) = answer.as_ref().ok().and_then(Reply::version) {
+                self.acked[p as usize].fetch_max(version, Ordering::AcqRel);
             }
             Ok(answer)
+        })
+    }
+
+    fn scan(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        group: Option<u32>,
+    ) -> BoxFuture<'_, StoreResult<Page>> {
+        Box::pin(async move {
+            let answers = self
+                .scatter(Op::Scan, |min_seq| {
+                    let request = ScanRequest {
+                        after: after.clone(),
+                        limit,
+                        group,
+                        min_seq,
+                    };
+                    serde_json::to_vec(&request).expect("requests serialise")
+                })
+                .await?;
+            let mut pages = Vec::with_capacity(answers.len());
+            for answer in answers {
+                match answer {
+                    Ok(Reply::Page { items, more }) => pages.push(PartitionPage { items, more }),
+                    Ok(other) => return Ok(Err(unexpected(other))),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            Ok(Ok(merge(pages, limit as usize)))
+        })
+    }
+
+    fn count(&self, group: Option<u32>) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let answers = self
+                .scatter(Op::Count, |min_seq| {
+                    serde_json::to_vec(&CountRequest { group, min_seq })
+                        .expect("requests serialise")
+                })
+                .await?;
+            let mut total = 0;
+            for answer in answers {
+                match answer {
+                    Ok(Reply::Count { count }) => total += count,
+                    Ok(other) => return Ok(Err(unexpected(other))),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            Ok(Ok(total))
         })
     }
 

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 
 use crate::error::Problem;
+use crate::list::Page;
 use crate::routes;
 
 /// Body of a create: a user whose `id` may be omitted (a UUID v4 is generated).
@@ -95,13 +96,24 @@ pub struct PartitionView {
         routes::patch_user,
         routes::put_user,
         routes::delete_user,
+        routes::list_users,
+        routes::count_users,
         routes::cluster,
         routes::health,
         routes::ready,
         routes::metrics,
         routes::openapi,
     ),
-    components(schemas(User, NewUser, UserChanges, Problem, FieldError, ClusterView))
+    components(schemas(
+        User,
+        NewUser,
+        UserChanges,
+        Problem,
+        FieldError,
+        ClusterView,
+        Page,
+        routes::Count
+    ))
 )]
 struct ApiDoc;
 

@@ -10,7 +10,8 @@ use protocol::user::{parse_create, parse_patch};
 use protocol::{Reply, User, VersionedUser, WriteKind};
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, RequestId};
+use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, ListQuery, RequestId};
+use crate::list::Page;
 use crate::metrics::Metrics;
 use crate::openapi::{ClusterView, NewUser, UserChanges};
 use crate::presence::PresenceTable;
@@ -39,10 +40,14 @@ fn user_response(status: StatusCode, record: VersionedUser) -> Response {
     response
 }
 
+/// The record a create or update answered with. Anything else can only be the stored
+/// outcome of a different request that used the same `Idempotency-Key`.
 fn expect_user(reply: Reply) -> Result<VersionedUser, ApiError> {
     match reply {
         Reply::User(record) => Ok(record),
-        Reply::Deleted { .. } => Err(ApiError::Protocol(protocol::ProtocolError::NotFound)),
+        _ => Err(ApiError::BadRequest(
+            "this Idempotency-Key was already used for a different request".into(),
+        )),
     }
 }
 
@@ -289,4 +294,54 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(serde_json::json!({ "nodes": nodes }))
+}
+
+/// List users in bytewise id order, a page at a time.
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1–1000 (default 50)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("group" = Option<u32>, Query, description = "Only users of this group", minimum = 0, maximum = 2147483647),
+    ),
+    responses(
+        (status = 200, description = "A page", body = Page),
+        (status = 400, description = "Bad limit, cursor or group", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A partition has no live dbnode", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    query: ListQuery,
+) -> Result<Json<Page>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .scan(query.after, query.limit, query.group)
+            .await??,
+    ))
+}
+
+/// Count users, in total or in one group. Exact: counters move with the records.
+#[utoipa::path(get, path = "/api/users/count", tag = "users",
+    params(("group" = Option<u32>, Query, description = "Only users of this group", minimum = 0, maximum = 2147483647)),
+    responses(
+        (status = 200, description = "The count", body = Count),
+        (status = 400, description = "Bad group", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A partition has no live dbnode", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn count_users(
+    State(state): State<AppState>,
+    query: ListQuery,
+) -> Result<Json<Count>, ApiError> {
+    Ok(Json(Count {
+        count: state.store.count(query.group).await??,
+    }))
+}
+
+/// `GET /api/users/count`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Count {
+    /// Number of users.
+    pub count: u64,
 }

@@ -5,6 +5,8 @@
 use futures::future::BoxFuture;
 use protocol::{ProtocolError, Reply, VersionedUser, WriteKind};
 
+use crate::list::Page;
+
 /// No dbnode gave an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
@@ -28,6 +30,15 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<VersionedUser>>;
     /// Performs a write; `request_id` identifies it across retries.
     fn write(&self, request_id: String, kind: WriteKind) -> BoxFuture<'_, StoreResult<Reply>>;
+    /// Up to `limit` records after `after` in id order, over all partitions.
+    fn scan(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        group: Option<u32>,
+    ) -> BoxFuture<'_, StoreResult<Page>>;
+    /// The number of records, in total or in one group.
+    fn count(&self, group: Option<u32>) -> BoxFuture<'_, StoreResult<u64>>;
     /// True when NATS is connected and every partition answers.
     fn ready(&self) -> BoxFuture<'_, bool>;
 }

@@ -374,3 +374,67 @@ async fn operations_endpoints() {
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
+
+#[tokio::test]
+async fn list_walks_pages_in_id_order_and_counts() {
+    let api = Api::new();
+    for i in 0..7 {
+        let user = json!({"id": format!("u{i}"), "name": "N", "email": "n@x.io", "group": i % 2});
+        assert_eq!(
+            api.json(Method::POST, "/api/user", user).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let mut seen = Vec::new();
+    let mut uri = "/api/users?limit=3".to_owned();
+    loop {
+        let (status, _, page) = api.call(Method::GET, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/users?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..7).map(|i| json!(format!("u{i}"))).collect::<Vec<_>>()
+    );
+    let (_, _, odd) = api.call(Method::GET, "/api/users?group=1").await;
+    assert_eq!(odd["items"].as_array().unwrap().len(), 3);
+    assert_eq!(odd["next_cursor"], Value::Null);
+    assert_eq!(
+        api.call(Method::GET, "/api/users/count").await.2,
+        json!({"count": 7})
+    );
+    assert_eq!(
+        api.call(Method::GET, "/api/users/count?group=0").await.2,
+        json!({"count": 4})
+    );
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_400() {
+    let api = Api::new();
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=garbage",
+        "group=-1",
+        "group=2147483648",
+    ] {
+        let (status, response, body) = api.call(Method::GET, &format!("/api/users?{query}")).await;
+        assert_problem(status, &response, &body, 400);
+        let field = query.split('=').next().unwrap();
+        assert_eq!(body["errors"][0]["field"], field, "{query}");
+    }
+    let (status, response, body) = api.call(Method::GET, "/api/users/count?group=x").await;
+    assert_problem(status, &response, &body, 400);
+}

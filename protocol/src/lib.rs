@@ -16,8 +16,8 @@ pub mod user;
 
 pub use error::{FieldError, ProtocolError};
 pub use messages::{
-    Answer, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply, VersionedUser,
-    WriteKind, WriteRequest,
+    Answer, CountRequest, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply,
+    ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
 pub use partition::{NodeId, PartitionId, PartitionMap, Role};
 pub use subjects::Op;

@@ -15,6 +15,33 @@ pub struct GetRequest {
     pub min_seq: u64,
 }
 
+/// `…{role}.scan`: up to `limit` records with ids after `after`, in bytewise id order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRequest {
+    /// Exclusive lower bound; `None` starts at the first id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Only records of this group (uses the group index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Read-your-writes, as in [`GetRequest`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_seq: u64,
+}
+
+/// `…{role}.count`: the number of records, in total or in one group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountRequest {
+    /// Only records of this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Read-your-writes, as in [`GetRequest`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_seq: u64,
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -90,14 +117,27 @@ pub enum Reply {
         /// The partition sequence of the delete.
         version: u64,
     },
+    /// A page of a scan.
+    Page {
+        /// Records in bytewise id order.
+        items: Vec<User>,
+        /// True if the partition has more records after the last item.
+        more: bool,
+    },
+    /// A count.
+    Count {
+        /// The number of records.
+        count: u64,
+    },
 }
 
 impl Reply {
-    /// The partition sequence this answer reflects.
-    pub fn version(&self) -> u64 {
+    /// The partition sequence a write answer reflects (`None` for scans and counts).
+    pub fn version(&self) -> Option<u64> {
         match self {
-            Reply::User(v) => v.version,
-            Reply::Deleted { version } => *version,
+            Reply::User(v) => Some(v.version),
+            Reply::Deleted { version } => Some(*version),
+            Reply::Page { .. } | Reply::Count { .. } => None,
         }
     }
 }

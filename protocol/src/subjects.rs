@@ -14,11 +14,22 @@ pub enum Op {
     Update,
     /// Delete a record.
     Delete,
+    /// A page of records in id order.
+    Scan,
+    /// Count records.
+    Count,
 }
 
 impl Op {
     /// Every op, in subject order.
-    pub const ALL: [Op; 4] = [Op::Get, Op::Create, Op::Update, Op::Delete];
+    pub const ALL: [Op; 6] = [
+        Op::Get,
+        Op::Create,
+        Op::Update,
+        Op::Delete,
+        Op::Scan,
+        Op::Count,
+    ];
 
     /// The last token of the op's subject.
     pub fn as_str(self) -> &'static str {
@@ -27,12 +38,14 @@ impl Op {
             Op::Create => "create",
             Op::Update => "update",
             Op::Delete => "delete",
+            Op::Scan => "scan",
+            Op::Count => "count",
         }
     }
 
     /// True for ops that change data.
     pub fn is_write(self) -> bool {
-        !matches!(self, Op::Get)
+        matches!(self, Op::Create | Op::Update | Op::Delete)
     }
 }
 

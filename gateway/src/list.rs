@@ -1,0 +1,178 @@
+//! LIST and COUNT: the opaque cursor, and the merge of per-partition pages.
+//!
+//! Each partition answers the first `limit` records after the cursor in bytewise id order;
+//! the global first `limit` are among them, so a page costs O(limit) per partition. The
+//! cursor is the last id returned, so a walk never skips or repeats a record that exists for
+//! the whole walk, whatever is inserted or deleted meanwhile.
+
+use protocol::User;
+use serde::Serialize;
+
+/// Default page size.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page size.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// One partition's answer to a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPage {
+    /// Records in id order.
+    pub items: Vec<User>,
+    /// The partition has records after the last item.
+    pub more: bool,
+}
+
+/// A page of `GET /api/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Page {
+    /// Users in bytewise id order.
+    pub items: Vec<User>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Encodes the id a page ended at as an opaque cursor.
+pub fn encode_cursor(last_id: &str) -> String {
+    use std::fmt::Write;
+    let mut cursor = String::from("v1");
+    for b in last_id.as_bytes() {
+        let _ = write!(cursor, "{b:02x}");
+    }
+    cursor
+}
+
+/// Decodes a cursor back to the id it ended at; `None` if it is not one of ours.
+pub fn decode_cursor(cursor: &str) -> Option<String> {
+    let hex = cursor.strip_prefix("v1")?;
+    if hex.len() % 2 != 0 || hex.is_empty() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let id = String::from_utf8(bytes?).ok()?;
+    protocol::user::validate_id(&id).ok()?;
+    Some(id)
+}
+
+/// Merges per-partition pages into the first `limit` records overall.
+pub fn merge(pages: Vec<PartitionPage>, limit: usize) -> Page {
+    let more = pages.iter().any(|p| p.more);
+    let mut items: Vec<User> = pages.into_iter().flat_map(|p| p.items).collect();
+    items.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let more = more || items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = match items.last() {
+        Some(last) if more => Some(encode_cursor(&last.id)),
+        _ => None,
+    };
+    Page { items, next_cursor }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(ids: &[&str]) -> Vec<User> {
+        ids.iter()
+            .map(|id| User {
+                id: id.to_string(),
+                name: "n".into(),
+                email: "e@x.io".into(),
+                group: 0,
+            })
+            .collect()
+    }
+
+    fn ids(page: &Page) -> Vec<&str> {
+        page.items.iter().map(|u| u.id.as_str()).collect()
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        for id in ["a", "a.b", "with space", "üñí€", "$SRV.PING"] {
+            assert_eq!(decode_cursor(&encode_cursor(id)).as_deref(), Some(id));
+        }
+    }
+
+    #[test]
+    fn garbage_cursors_are_rejected() {
+        for bad in [
+            "", "v1", "v1a", "v1zz", "x161", "v1ff", "v12f", "hello", "v1 61",
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn merge_interleaves_sorted_pages_and_cuts_at_limit() {
+        let pages = vec![
+            PartitionPage {
+                items: users(&["a", "d", "g"]),
+                more: true,
+            },
+            PartitionPage {
+                items: users(&["b", "e"]),
+                more: false,
+            },
+            PartitionPage {
+                items: users(&["c", "f", "h"]),
+                more: false,
+            },
+        ];
+        let page = merge(pages, 3);
+        assert_eq!(ids(&page), ["a", "b", "c"]);
+        assert_eq!(page.next_cursor, Some(encode_cursor("c")));
+    }
+
+    #[test]
+    fn merge_orders_bytewise() {
+        let pages = vec![
+            PartitionPage {
+                items: users(&["Z", "ä"]),
+                more: false,
+            },
+            PartitionPage {
+                items: users(&["a"]),
+                more: false,
+            },
+        ];
+        assert_eq!(ids(&merge(pages, 10)), ["Z", "a", "ä"]);
+    }
+
+    #[test]
+    fn the_last_page_has_no_cursor() {
+        let pages = vec![
+            PartitionPage {
+                items: users(&["a"]),
+                more: false,
+            },
+            PartitionPage {
+                items: users(&["b"]),
+                more: false,
+            },
+        ];
+        assert_eq!(merge(pages.clone(), 2).next_cursor, None);
+        assert_eq!(merge(pages, 5).next_cursor, None);
+        assert_eq!(
+            merge(vec![], 5),
+            Page {
+                items: vec![],
+                next_cursor: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_partition_with_more_forces_a_cursor() {
+        let pages = vec![PartitionPage {
+            items: users(&["a", "b"]),
+            more: true,
+        }];
+        assert_eq!(merge(pages, 2).next_cursor, Some(encode_cursor("b")));
+    }
+}
