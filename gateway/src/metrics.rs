@@ -6,7 +6,10 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use protocol::Presence;
 
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -18,6 +21,9 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
     nats_latency: HistogramVec,
+    applied: IntGaugeVec,
+    lag: IntGaugeVec,
+    heartbeat_age: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -49,10 +55,33 @@ impl Default for Metrics {
             &["op", "role", "outcome"],
         )
         .expect("valid metric");
+        let partition_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["node", "partition", "role"])
+                .expect("valid metric")
+        };
+        let applied = partition_gauge(
+            "ringstore_partition_applied_sequence",
+            "Last log sequence a dbnode applied, from its heartbeat",
+        );
+        let lag = partition_gauge(
+            "ringstore_partition_replication_lag",
+            "Log entries a dbnode has not applied yet, from its heartbeat",
+        );
+        let heartbeat_age = IntGaugeVec::new(
+            Opts::new(
+                "ringstore_node_heartbeat_age_ms",
+                "Milliseconds since a dbnode's heartbeat",
+            ),
+            &["node"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(nats_latency.clone()),
+            Box::new(applied.clone()),
+            Box::new(lag.clone()),
+            Box::new(heartbeat_age.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -61,6 +90,9 @@ impl Default for Metrics {
             http_requests,
             http_latency,
             nats_latency,
+            applied,
+            lag,
+            heartbeat_age,
         }
     }
 }
@@ -71,6 +103,27 @@ impl Metrics {
         self.nats_latency
             .with_label_values(&[op, role, outcome])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Sets the replication gauges from the latest heartbeats.
+    pub fn observe_presence(&self, nodes: &[(std::time::Duration, Presence)]) {
+        for (age, presence) in nodes {
+            let node = presence.node.to_string();
+            self.heartbeat_age
+                .with_label_values(&[node.as_str()])
+                .set(age.as_millis() as i64);
+            for part in &presence.partitions {
+                let labels = [
+                    node.as_str(),
+                    &part.partition.to_string(),
+                    part.role.as_str(),
+                ];
+                self.applied
+                    .with_label_values(&labels)
+                    .set(part.applied as i64);
+                self.lag.with_label_values(&labels).set(part.lag as i64);
+            }
+        }
     }
 
     /// The Prometheus text exposition.
