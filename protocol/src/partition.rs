@@ -145,7 +145,7 @@ mod tests {
             ("a", 3, 1),
             ("user-1", 3, 2),
             ("üñí€", 3, 2),
-            ("a", 5, 0),
+            ("a", 5, 1),
         ];
         for (id, n, p) in vectors {
             assert_eq!(partition_of(id, n), p, "{id}");

@@ -1,0 +1,131 @@
+//! [`ClusterBuilder`]: the options of a [`Cluster`] and its start-up sequence.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
+use crate::{BinDir, Cluster, DbNode, Nats};
+
+/// Options for [`Cluster`]; [`ClusterBuilder::start`] brings it up.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    nodes: u32,
+    partitions: Option<u32>,
+    read_from: ReadFrom,
+    request_timeout: Duration,
+    gateway: bool,
+    ready_timeout: Duration,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            nodes: 3,
+            partitions: None,
+            read_from: ReadFrom::Replica,
+            request_timeout: Duration::from_millis(2000),
+            gateway: true,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Number of dbnodes, `db-0..db-{n-1}` (default 3).
+    pub fn nodes(mut self, nodes: u32) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// `PARTITIONS` (default: the number of nodes).
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// The gateway's `READ_FROM` (default replica).
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
+    /// The gateway's `REQUEST_TIMEOUT_MS` (default 2 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Start no gateway: NATS and dbnodes only (scenarios that talk to the nodes directly).
+    pub fn without_gateway(mut self) -> Self {
+        self.gateway = false;
+        self
+    }
+
+    /// How long start-up may take until every node is ready and `GET /ready` is 200
+    /// (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts NATS, the dbnodes and the gateway, and waits until every node announces
+    /// `ready` and the gateway answers `GET /ready` with 200.
+    pub async fn start(self) -> Cluster {
+        let bins = BinDir::locate(self.gateway);
+        let temp = tempfile::Builder::new()
+            .prefix("ringstore-cluster-")
+            .tempdir()
+            .expect("a temp dir for the cluster");
+        let dir = temp.path().to_owned();
+        let logs = dir.join("logs");
+        let partitions = self.partitions.unwrap_or(self.nodes);
+        eprintln!(
+            "== cluster: {} nodes, {partitions} partitions in {}",
+            self.nodes,
+            dir.display()
+        );
+
+        let nats = Nats::start(&dir, &logs.join("nats.log")).await;
+        let nodes = (0..self.nodes)
+            .map(|i| {
+                let data = dir.join(format!("db-{i}"));
+                let log = logs.join(format!("db-{i}.log"));
+                DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions)
+            })
+            .collect();
+        let gateway = self.gateway.then(|| {
+            let config = GatewayConfig {
+                nats_url: nats.url(),
+                partitions,
+                read_from: self.read_from,
+                request_timeout: self.request_timeout,
+            };
+            Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config)
+        });
+        // From here on, a panic drops `cluster`: every process is killed and the logs dumped.
+        let mut cluster = Cluster {
+            gateway,
+            nodes,
+            nats,
+            http: crate::http::client(),
+            partitions,
+            bins,
+            dir,
+            temp: Some(temp),
+        };
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        if let Some(gateway) = &mut cluster.gateway {
+            gateway.start();
+        }
+        let deadline = Instant::now() + self.ready_timeout;
+        cluster.wait_nodes_ready(deadline).await;
+        if cluster.gateway.is_some() {
+            cluster.wait_ready_until(deadline).await;
+        }
+        eprintln!("== cluster: ready");
+        cluster
+    }
+}

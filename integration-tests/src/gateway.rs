@@ -1,0 +1,106 @@
+//! [`Gateway`]: one real `gateway` process on a free loopback port.
+
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::process::Proc;
+
+/// Where the gateway sends reads first (`READ_FROM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// Reads go to the partition's replica first (the default).
+    #[default]
+    Replica,
+    /// Reads go to the partition's primary first.
+    Primary,
+}
+
+impl ReadFrom {
+    /// The `READ_FROM` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFrom::Replica => "replica",
+            ReadFrom::Primary => "primary",
+        }
+    }
+}
+
+/// The gateway's settings that tests vary.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `NATS_URL`.
+    pub nats_url: String,
+    /// `PARTITIONS`.
+    pub partitions: u32,
+    /// `READ_FROM`.
+    pub read_from: ReadFrom,
+    /// `REQUEST_TIMEOUT_MS`.
+    pub request_timeout: Duration,
+}
+
+/// A `gateway` process. `restart` keeps the port, so [`Gateway::base_url`] stays valid.
+#[derive(Debug)]
+pub struct Gateway {
+    port: u16,
+    proc: Proc,
+}
+
+impl Gateway {
+    /// Describes (does not start) a gateway on a free port, its output appended to `log`.
+    pub fn new(bin: &Path, log: &Path, config: &GatewayConfig) -> Gateway {
+        let port = crate::free_port();
+        let proc = Proc::new("gateway", bin, log)
+            .env("REST_PORT", port)
+            .env("NATS_URL", &config.nats_url)
+            .env("PARTITIONS", config.partitions)
+            .env("READ_FROM", config.read_from.as_str())
+            .env("REQUEST_TIMEOUT_MS", config.request_timeout.as_millis())
+            .env("RUST_LOG", "info,gateway=debug")
+            .env("LOG_FORMAT", "pretty")
+            .env("NO_COLOR", "1");
+        Gateway { port, proc }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The REST port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &Path {
+        self.proc.log_path()
+    }
+
+    /// Starts the process. Panics if it is running.
+    pub fn start(&mut self) {
+        self.proc.start();
+    }
+
+    /// True while the process exists.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Kills the process (if running) and starts it again on the same port. Use
+    /// [`crate::Cluster::wait_ready`] to wait until it serves.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        self.proc.start();
+    }
+
+    /// SIGTERM and wait (15 s at most) for the graceful exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.proc.terminate(crate::dbnode::TERMINATE_TIMEOUT).await
+    }
+}
