@@ -243,6 +243,10 @@ impl Partition {
                 };
                 let Ok(info) = message.info() else { continue };
                 let (seq, pending) = (info.stream_sequence, info.pending);
+                self.lag.store(pending, Ordering::Relaxed);
+                if seq <= self.applied() {
+                    continue; // our own write, already applied by the write path
+                }
                 match serde_json::from_slice::<LogEntry>(&message.payload) {
                     Ok(entry) => {
                         if let Err(e) = self.apply(seq, &entry) {
@@ -252,7 +256,6 @@ impl Partition {
                     }
                     Err(e) => warn!(partition = self.id, seq, error = %e, "undecodable log entry"),
                 }
-                self.lag.store(pending, Ordering::Relaxed);
             }
         }
     }

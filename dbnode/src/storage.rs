@@ -44,8 +44,8 @@ pub struct Storage {
     db: Arc<DB>,
 }
 
-fn record_key(id: &str) -> Vec<u8> {
-    [b"r", id.as_bytes()].concat()
+fn record_key(id: impl AsRef<[u8]>) -> Vec<u8> {
+    [b"r", id.as_ref()].concat()
 }
 
 fn group_key(group: u32, id: &str) -> Vec<u8> {
@@ -124,7 +124,8 @@ impl Storage {
 
     /// Up to `limit` records of partition `p` with ids bytewise after `after`, in id order,
     /// optionally only those of `group` (through the group index); and whether more follow.
-    /// Costs O(limit): one seek, then sequential reads.
+    /// Costs O(limit): one seek, then sequential reads, all from one snapshot so that the
+    /// group index and the records it points at agree even while writes go on.
     pub fn scan(
         &self,
         p: PartitionId,
@@ -139,10 +140,8 @@ impl Storage {
         };
         let start = [&prefix[..], after.unwrap_or("").as_bytes()].concat();
         let mut items = Vec::with_capacity(limit.min(1024));
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
+        let snapshot = self.db.snapshot();
+        for item in snapshot.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item?;
             let Some(id) = key.strip_prefix(&prefix[..]) else {
                 break;
@@ -155,13 +154,10 @@ impl Storage {
             }
             let record = match group {
                 None => serde_json::from_slice::<VersionedUser>(&value)?,
-                Some(_) => {
-                    let id = String::from_utf8_lossy(id);
-                    match self.get(p, &id)? {
-                        Some(record) => record,
-                        None => continue,
-                    }
-                }
+                Some(_) => match snapshot.get_pinned_cf(cf, record_key(id))? {
+                    Some(bytes) => serde_json::from_slice::<VersionedUser>(&bytes)?,
+                    None => continue,
+                },
             };
             items.push(record.user);
         }

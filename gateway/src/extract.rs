@@ -3,6 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use protocol::FieldError;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -125,7 +126,30 @@ pub fn encode_segment(id: &str) -> String {
     out
 }
 
-/// The query of `GET /api/users` and `GET /api/users/count`, validated.
+type Params = std::collections::HashMap<String, String>;
+
+async fn query_params(parts: &mut Parts) -> Result<Params, ApiError> {
+    let axum::extract::Query(params) =
+        axum::extract::Query::<Params>::from_request_parts(parts, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(params)
+}
+
+fn group_param(params: &Params, errors: &mut Vec<FieldError>) -> Option<u32> {
+    match params.get("group")?.parse::<u64>() {
+        Ok(n) if n <= protocol::user::MAX_GROUP => Some(n as u32),
+        _ => {
+            errors.push(FieldError::new(
+                "group",
+                "must be an integer from 0 to 2147483647",
+            ));
+            None
+        }
+    }
+}
+
+/// The query of `GET /api/users`, validated.
 pub struct ListQuery {
     /// Page size, 1..=1000, default 50.
     pub limit: u32,
@@ -138,60 +162,57 @@ pub struct ListQuery {
 impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         use crate::list::{decode_cursor, DEFAULT_LIMIT, MAX_LIMIT};
-        use protocol::FieldError;
-        let axum::extract::Query(params) = axum::extract::Query::<
-            std::collections::HashMap<String, String>,
-        >::from_request_parts(parts, state)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let params = query_params(parts).await?;
         let mut errors = Vec::new();
-        let limit = match params.get("limit") {
+        let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
             None => DEFAULT_LIMIT,
-            Some(l) => match l.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errors.push(FieldError::new(
-                        "limit",
-                        "must be an integer from 1 to 1000",
-                    ));
-                    DEFAULT_LIMIT
-                }
-            },
-        };
-        let after = match params.get("cursor").filter(|c| !c.is_empty()) {
-            None => None,
-            Some(c) => {
-                let decoded = decode_cursor(c);
-                if decoded.is_none() {
-                    errors.push(FieldError::new(
-                        "cursor",
-                        "is not a cursor this API returned",
-                    ));
-                }
-                decoded
+            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "limit",
+                    "must be an integer from 1 to 1000",
+                ));
+                DEFAULT_LIMIT
             }
         };
-        let group = match params.get("group") {
-            None => None,
-            Some(g) => match g.parse::<u64>() {
-                Ok(n) if n <= protocol::user::MAX_GROUP => Some(n as u32),
-                _ => {
-                    errors.push(FieldError::new(
-                        "group",
-                        "must be an integer from 0 to 2147483647",
-                    ));
-                    None
-                }
-            },
-        };
+        let cursor = params.get("cursor").filter(|c| !c.is_empty());
+        let after = cursor.and_then(|c| decode_cursor(c));
+        if cursor.is_some() && after.is_none() {
+            errors.push(FieldError::new(
+                "cursor",
+                "is not a cursor this API returned",
+            ));
+        }
+        let group = group_param(&params, &mut errors);
         if errors.is_empty() {
             Ok(ListQuery {
                 limit,
                 after,
                 group,
             })
+        } else {
+            Err(ApiError::invalid(errors))
+        }
+    }
+}
+
+/// The query of `GET /api/users/count`, validated.
+pub struct CountQuery {
+    /// Only this group.
+    pub group: Option<u32>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CountQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let params = query_params(parts).await?;
+        let mut errors = Vec::new();
+        let group = group_param(&params, &mut errors);
+        if errors.is_empty() {
+            Ok(CountQuery { group })
         } else {
             Err(ApiError::invalid(errors))
         }

@@ -10,7 +10,7 @@ use protocol::user::{parse_create, parse_patch};
 use protocol::{Reply, User, VersionedUser, WriteKind};
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, ListQuery, RequestId};
+use crate::extract::{encode_segment, CountQuery, IdPath, IfMatch, JsonBody, ListQuery, RequestId};
 use crate::list::Page;
 use crate::metrics::Metrics;
 use crate::openapi::{ClusterView, NewUser, UserChanges};
@@ -333,7 +333,7 @@ pub async fn list_users(
     ))]
 pub async fn count_users(
     State(state): State<AppState>,
-    query: ListQuery,
+    query: CountQuery,
 ) -> Result<Json<Count>, ApiError> {
     Ok(Json(Count {
         count: state.store.count(query.group).await??,

@@ -1,0 +1,15 @@
+-- Preload: POST u{n} for n = tid, tid + T, tid + 2T, ... below BENCH_USERS; then idles on
+-- GET /health so that wrk's fixed duration ends the run.
+dofile(os.getenv("BENCH_LUA") .. "/common.lua")
+local nthreads = tonumber(os.getenv("BENCH_THREADS") or "2")
+
+request = function()
+  local n = tid + counter * nthreads
+  counter = counter + 1
+  if n >= users then
+    return wrk.format("GET", "/health")
+  end
+  local body = string.format(
+    '{"id":"u%d","name":"Preloaded User","email":"user%d@example.com","group":%d}', n, n, n % 16)
+  return wrk.format("POST", "/api/user", {["Content-Type"] = "application/json"}, body)
+end
