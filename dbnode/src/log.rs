@@ -16,6 +16,10 @@ use protocol::{subjects, LogEntry, PartitionId};
 /// Why an append did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
+    /// The log already holds an entry with this request id (JetStream's duplicate window,
+    /// two minutes): the request was committed before, at this sequence.
+    #[error("request already committed at {0}")]
+    Duplicate(u64),
     /// Someone else appended since the sequence we expected: catch up and retry.
     #[error("the log moved past the expected sequence")]
     Conflict,
@@ -69,11 +73,14 @@ impl PartitionLog {
     }
 
     /// Appends `entry` if the stream's last sequence is still `expected_last`; returns the
-    /// entry's sequence. This is the commit point of every write.
+    /// entry's sequence. This is the commit point of every write. The request id is the
+    /// message id, so a retry that reaches the log again is recognised even when the first
+    /// entry has since been superseded by a newer write to the record.
     pub async fn append(&self, entry: &LogEntry, expected_last: u64) -> Result<u64, AppendError> {
         let payload = serde_json::to_vec(entry).expect("log entries serialise");
         let message = PublishMessage::build()
             .payload(payload.into())
+            .message_id(&entry.request_id)
             .expected_last_sequence(expected_last);
         let subject = subjects::log_subject(self.partition, &entry.id);
         let ack = self
@@ -82,6 +89,7 @@ impl PartitionLog {
             .await
             .map_err(|e| AppendError::Unavailable(e.to_string()))?;
         match ack.await {
+            Ok(ack) if ack.duplicate => Err(AppendError::Duplicate(ack.sequence)),
             Ok(ack) => Ok(ack.sequence),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),
             Err(e) => Err(AppendError::Unavailable(e.to_string())),

@@ -205,12 +205,29 @@ impl Partition {
                         ));
                     }
                 }
+                Err(AppendError::Duplicate(seq)) => return self.committed_before(&req, seq).await,
                 Err(AppendError::Unavailable(e)) => return Err(ProtocolError::Unavailable(e)),
             }
         }
         Err(ProtocolError::Unavailable(
             "too many concurrent writers".into(),
         ))
+    }
+
+    /// The answer to a request the log says was committed at `seq` by an earlier attempt: its
+    /// stored outcome once applied, or, if a newer write superseded the entry before this copy
+    /// saw it, the record as it is now. Never applied a second time.
+    async fn committed_before(&self, req: &WriteRequest, seq: u64) -> Answer {
+        if !self.wait_applied(seq, CATCH_UP_WAIT).await {
+            return Err(ProtocolError::Unavailable("catching up with the log".into()));
+        }
+        if let Some(outcome) = self.storage.outcome(self.id, &req.request_id)? {
+            return Ok(outcome);
+        }
+        Ok(match self.storage.get(self.id, req.kind.id())? {
+            Some(current) => Reply::User(current),
+            None => Reply::Deleted { version: seq },
+        })
     }
 
     /// Applies the log to the local copy, from the applied sequence on, until `shutdown`.
