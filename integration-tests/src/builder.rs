@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
-use crate::{BinDir, Cluster, DbNode, Nats};
+use crate::{BinDir, Cluster, DbNode, Nats, NatsAuth};
 
 /// Options for [`Cluster`]; [`ClusterBuilder::start`] brings it up.
 #[derive(Debug, Clone)]
@@ -16,6 +16,7 @@ pub struct ClusterBuilder {
     request_timeout: Duration,
     gateway: bool,
     ready_timeout: Duration,
+    auth: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -27,6 +28,7 @@ impl Default for ClusterBuilder {
             request_timeout: Duration::from_millis(2000),
             gateway: true,
             ready_timeout: Duration::from_secs(30),
+            auth: true,
         }
     }
 }
@@ -69,6 +71,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// An open nats-server (no users, no permissions) instead of one with `nats.conf`.
+    pub fn without_auth(mut self) -> Self {
+        self.auth = false;
+        self
+    }
+
     /// Starts NATS, the dbnodes and the gateway, and waits until every node announces
     /// `ready` and the gateway answers `GET /ready` with 200.
     pub async fn start(self) -> Cluster {
@@ -81,17 +89,31 @@ impl ClusterBuilder {
         let logs = dir.join("logs");
         let partitions = self.partitions.unwrap_or(self.nodes);
         eprintln!(
-            "== cluster: {} nodes, {partitions} partitions in {}",
+            "== cluster: {} nodes, {partitions} partitions in {}{}",
             self.nodes,
-            dir.display()
+            dir.display(),
+            if self.auth {
+                " (nats.conf, users)"
+            } else {
+                " (open NATS)"
+            }
         );
 
-        let nats = Nats::start(&dir, &logs.join("nats.log")).await;
+        let nats_log = logs.join("nats.log");
+        let nats = if self.auth {
+            Nats::start_with_config(&dir, &nats_log, NatsAuth::random()).await
+        } else {
+            Nats::start(&dir, &nats_log).await
+        };
         let nodes = (0..self.nodes)
             .map(|i| {
                 let data = dir.join(format!("db-{i}"));
                 let log = logs.join(format!("db-{i}.log"));
-                DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions)
+                let node = DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions);
+                match nats.auth() {
+                    Some(auth) => node.with_nats_user(&auth.dbnode),
+                    None => node,
+                }
             })
             .collect();
         let gateway = self.gateway.then(|| {
@@ -101,7 +123,11 @@ impl ClusterBuilder {
                 read_from: self.read_from,
                 request_timeout: self.request_timeout,
             };
-            Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config)
+            let gateway = Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config);
+            match nats.auth() {
+                Some(auth) => gateway.with_nats_user(&auth.gateway),
+                None => gateway,
+            }
         });
         // From here on, a panic drops `cluster`: every process is killed and the logs dumped.
         let mut cluster = Cluster {

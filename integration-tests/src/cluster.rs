@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 use crate::process::tail;
-use crate::{BinDir, ClusterBuilder, DbNode, Nats};
+use crate::{BinDir, ClusterBuilder, DbNode, Nats, NatsAuth};
 
 /// Log lines per process that [`Cluster::dump_logs`] prints.
 const DUMP_LINES: usize = 40;
@@ -66,6 +66,11 @@ impl Cluster {
         self.nats.url()
     }
 
+    /// The NATS users and passwords (`None` for a cluster built `without_auth`).
+    pub fn nats_auth(&self) -> Option<&NatsAuth> {
+        self.nats.auth()
+    }
+
     /// Node `db-{index}`.
     pub fn node(&mut self, index: u32) -> &mut DbNode {
         let count = self.nodes.len();
@@ -92,7 +97,7 @@ impl Cluster {
     /// caller owns it; dropping it kills it.
     pub fn spawn_dbnode(&self, index: u32, name: &str) -> DbNode {
         let log = self.logs_dir().join(format!("{name}.log"));
-        let mut node = DbNode::new(
+        let node = DbNode::new(
             &self.bins.dbnode,
             index,
             self.dir.join(name),
@@ -100,13 +105,20 @@ impl Cluster {
             &self.nats.url(),
             self.partitions,
         );
+        let mut node = match self.nats.auth() {
+            Some(auth) => node.with_nats_user(&auth.dbnode),
+            None => node,
+        };
         node.start();
         node
     }
 
-    /// A new NATS client connected to the cluster's server (5 s connect timeout).
+    /// A new NATS client connected to the cluster's server (5 s connect timeout), logged in as
+    /// `admin` when the server has users.
     pub async fn nats_client(&self) -> async_nats::Client {
-        let connect = async_nats::ConnectOptions::new()
+        let connect = self
+            .nats
+            .admin_options()
             .connection_timeout(Duration::from_secs(5))
             .connect(self.nats.url());
         match tokio::time::timeout(Duration::from_secs(10), connect).await {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::auth::NatsUser;
 use crate::process::Proc;
 
 /// How long a dbnode may take to shut down gracefully after SIGTERM.
@@ -42,6 +43,17 @@ impl DbNode {
             index,
             data_dir,
             proc,
+        }
+    }
+
+    /// Logs in to NATS as `user` (`NATS_USER`, `NATS_PASSWORD`). Call before the first start.
+    pub fn with_nats_user(self, user: &NatsUser) -> DbNode {
+        DbNode {
+            proc: self
+                .proc
+                .env("NATS_USER", &user.user)
+                .env("NATS_PASSWORD", &user.password),
+            ..self
         }
     }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::auth::NatsUser;
 use crate::process::Proc;
 
 /// Where the gateway sends reads first (`READ_FROM`).
@@ -60,6 +61,17 @@ impl Gateway {
             .env("LOG_FORMAT", "pretty")
             .env("NO_COLOR", "1");
         Gateway { port, proc }
+    }
+
+    /// Logs in to NATS as `user` (`NATS_USER`, `NATS_PASSWORD`). Call before the first start.
+    pub fn with_nats_user(self, user: &NatsUser) -> Gateway {
+        Gateway {
+            proc: self
+                .proc
+                .env("NATS_USER", &user.user)
+                .env("NATS_PASSWORD", &user.password),
+            ..self
+        }
     }
 
     /// `http://127.0.0.1:<port>`.

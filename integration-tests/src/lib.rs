@@ -10,16 +10,26 @@
 //!   percent-encode ids; every request has a 10 s timeout. [`expect`] and
 //!   [`expect_problem`] read a response and assert its status (and problem+json shape).
 //! - [`eventually`] polls a condition under a deadline: tests never sleep to synchronise.
+//! - Behind the gateway: [`Cluster::copy`] asks one copy of a partition directly over NATS
+//!   ([`CopyReader`]); [`Cluster::log_end`] and [`Cluster::log_entry`] read a partition's log;
+//!   [`Cluster::wait_caught_up`] waits until a node has applied its logs to the end.
+//!
+//! NATS runs with the repository's `nats.conf` (one user per role, subject permissions) and
+//! fresh random passwords; each process logs in as its role, the harness's own clients
+//! ([`Cluster::nats_client`]) as `admin`. [`ClusterBuilder::without_auth`] starts an open
+//! server instead.
 //!
 //! Binaries come from `$RINGSTORE_BIN_DIR`, else from the cargo target dir of the running
 //! test (`target/debug`); build them first with `cargo build --workspace`. `KEEP_CLUSTER=1`
 //! keeps a cluster's temp dir (data and logs) after the test.
 
+mod auth;
 mod builder;
 mod cluster;
 mod dbnode;
 mod gateway;
 mod http;
+mod inspect;
 mod nats;
 mod process;
 mod reply;
@@ -30,11 +40,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::auth::{nats_conf, NatsAuth, NatsUser};
 pub use crate::builder::ClusterBuilder;
 pub use crate::cluster::Cluster;
 pub use crate::dbnode::DbNode;
 pub use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
 pub use crate::http::{encode_segment, send, user_path, REQUEST_TIMEOUT};
+pub use crate::inspect::CopyReader;
 pub use crate::nats::Nats;
 pub use crate::reply::{etag, etag_of, expect, expect_problem, HttpReply};
 

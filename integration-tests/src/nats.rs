@@ -1,10 +1,13 @@
-//! [`Nats`]: a real `nats-server` with JetStream on a free loopback port.
+//! [`Nats`]: a real `nats-server` with JetStream on a free loopback port, either open
+//! ([`Nats::start`]) or with the repository's `nats.conf` and its users
+//! ([`Nats::start_with_config`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::auth::{nats_conf, NatsAuth};
 use crate::process::{tail, Proc};
 
 /// How long a starting nats-server may take to accept connections.
@@ -17,17 +20,42 @@ pub struct Nats {
     proc: Proc,
     port: u16,
     store: PathBuf,
+    auth: Option<NatsAuth>,
 }
 
 impl Nats {
     /// Starts `nats-server -js -a 127.0.0.1 -p <free port> -sd <dir>/js` (the binary is
     /// `$NATS_SERVER_BIN`, else `nats-server` from `PATH`), logging to `log`, and waits until
     /// it accepts TCP connections.
+    /// Anyone may connect and do anything: no users.
     pub async fn start(dir: &Path, log: &Path) -> Nats {
+        Nats::launch(dir, log, None).await
+    }
+
+    /// Starts `nats-server -c nats.conf` (the repository's, or `$RINGSTORE_NATS_CONF`) with
+    /// `auth`'s passwords in its environment, overriding the client port, the monitoring port
+    /// and the store directory (`-p <free> -m <free> -sd <dir>/js`, on 127.0.0.1): the
+    /// permissions of every role are the production ones.
+    pub async fn start_with_config(dir: &Path, log: &Path, auth: NatsAuth) -> Nats {
+        Nats::launch(dir, log, Some(auth)).await
+    }
+
+    async fn launch(dir: &Path, log: &Path, auth: Option<NatsAuth>) -> Nats {
         let port = crate::free_port();
         let store = dir.join("js");
         let program = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let proc = Proc::new("nats-server", program, log)
+        let mut proc = Proc::new("nats-server", program, log);
+        if let Some(auth) = &auth {
+            proc = proc
+                .arg("-c")
+                .arg(nats_conf())
+                .arg("-m")
+                .arg(crate::free_port().to_string());
+            for (key, value) in auth.server_env() {
+                proc = proc.env(key, value);
+            }
+        }
+        let proc = proc
             .arg("-js")
             .arg("-a")
             .arg("127.0.0.1")
@@ -35,9 +63,28 @@ impl Nats {
             .arg(port.to_string())
             .arg("-sd")
             .arg(&store);
-        let mut nats = Nats { proc, port, store };
+        let mut nats = Nats {
+            proc,
+            port,
+            store,
+            auth,
+        };
         nats.restart().await;
         nats
+    }
+
+    /// The users and passwords, for a server started with `nats.conf`; `None` when open.
+    pub fn auth(&self) -> Option<&NatsAuth> {
+        self.auth.as_ref()
+    }
+
+    /// Client options for the tests' own connections: the admin user when the server has
+    /// users, else none.
+    pub fn admin_options(&self) -> async_nats::ConnectOptions {
+        match &self.auth {
+            Some(auth) => auth.admin.connect_options(),
+            None => async_nats::ConnectOptions::new(),
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -1,0 +1,175 @@
+//! The repository's `nats.conf` under test: no anonymous client, each role allowed what the
+//! cluster needs (the rest of the suite runs every scenario under these permissions) and
+//! refused what it does not, and the NATS service API (`$SRV.PING`) answered by every dbnode.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use integration_tests::{expect, Cluster, Nats, NatsAuth, NatsUser};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// A client logged in as one user, with the server's error messages (permission violations)
+/// collected.
+struct Watched {
+    client: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+async fn connect_as(cluster: &Cluster, user: &NatsUser) -> Watched {
+    let (tx, errors) = mpsc::unbounded_channel();
+    let client = user
+        .connect_options()
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(cluster.nats_url())
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot log in: {e}", user.user));
+    Watched { client, errors }
+}
+
+impl Watched {
+    /// Runs `attempt` and asserts that the server answers it with a permissions violation
+    /// (within 3 s).
+    async fn refused<F: std::future::Future<Output = ()>>(&mut self, what: &str, attempt: F) {
+        while self.errors.try_recv().is_ok() {}
+        attempt.await;
+        let _ = self.client.flush().await;
+        let deadline = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => panic!("{what}: the server did not refuse it"),
+                Some(error) = self.errors.recv() => {
+                    if error.to_lowercase().contains("permissions violation") {
+                        eprintln!("   refused as expected: {what} ({error})");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn nats_refuses_clients_without_the_right_password() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let auth = NatsAuth::random();
+    let nats =
+        Nats::start_with_config(dir.path(), &dir.path().join("nats.log"), auth.clone()).await;
+    let connect = |options: async_nats::ConnectOptions| async {
+        let attempt = options
+            .connection_timeout(Duration::from_secs(3))
+            .connect(nats.url());
+        tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .expect("an answer within 10 s")
+    };
+
+    eprintln!("== phase: no credentials, a wrong password, an unknown user: refused");
+    assert!(connect(async_nats::ConnectOptions::new()).await.is_err());
+    let wrong = NatsUser {
+        user: "dbnode".into(),
+        password: "dbnode-local".into(),
+    };
+    assert!(connect(wrong.connect_options()).await.is_err());
+    let stranger = NatsUser {
+        user: "nobody".into(),
+        password: auth.admin.password.clone(),
+    };
+    assert!(connect(stranger.connect_options()).await.is_err());
+
+    eprintln!("== phase: each role with its password: accepted");
+    for user in [&auth.gateway, &auth.dbnode, &auth.admin] {
+        let client = connect(user.connect_options()).await;
+        assert!(client.is_ok(), "{}: {:?}", user.user, client.err());
+    }
+}
+
+#[tokio::test]
+async fn every_dbnode_answers_srv_ping_and_each_role_is_held_to_its_subjects() {
+    let cluster = Cluster::start(3).await;
+    let auth = cluster
+        .nats_auth()
+        .expect("the cluster runs nats.conf")
+        .clone();
+    let record = json!({ "id": "a1", "name": "Ann", "email": "ann@example.com", "group": 1 });
+    expect(cluster.create(&record).await, 201).await;
+
+    eprintln!("== phase: $SRV.PING as the gateway: every dbnode answers");
+    let mut gateway = connect_as(&cluster, &auth.gateway).await;
+    let inbox = gateway.client.new_inbox();
+    let mut replies = gateway
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .expect("subscribe");
+    gateway
+        .client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await
+        .expect("publish $SRV.PING");
+    let mut services = BTreeSet::new();
+    while services.len() < 3 {
+        let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
+        let Ok(Some(msg)) = next else {
+            panic!(
+                "$SRV.PING: only {} dbnodes answered: {services:?}",
+                services.len()
+            );
+        };
+        let ping: Value = serde_json::from_slice(&msg.payload).expect("a JSON ping response");
+        assert_eq!(ping["name"], "ringstore-dbnode", "{ping}");
+        services.insert(ping["id"].as_str().unwrap_or_default().to_owned());
+    }
+
+    eprintln!("== phase: the gateway may not write the log, use JetStream or serve requests");
+    let client = gateway.client.clone();
+    gateway
+        .refused("gateway publishes to ringstore.log.0.6131", async {
+            let _ = client.publish("ringstore.log.0.6131", "{}".into()).await;
+        })
+        .await;
+    gateway
+        .refused("gateway asks $JS.API.STREAM.INFO", async {
+            let info = client.request("$JS.API.STREAM.INFO.RINGSTORE_P0", "".into());
+            let _ = tokio::time::timeout(Duration::from_millis(500), info).await;
+        })
+        .await;
+    gateway
+        .refused("gateway subscribes ringstore.part.>", async {
+            let _ = client.subscribe("ringstore.part.>").await;
+        })
+        .await;
+
+    eprintln!("== phase: a dbnode may not destroy a log or post into other clients' inboxes");
+    let mut dbnode = connect_as(&cluster, &auth.dbnode).await;
+    let client = dbnode.client.clone();
+    dbnode
+        .refused("dbnode deletes stream RINGSTORE_P0", async {
+            let delete = client.request("$JS.API.STREAM.DELETE.RINGSTORE_P0", "".into());
+            let _ = tokio::time::timeout(Duration::from_millis(500), delete).await;
+        })
+        .await;
+    dbnode
+        .refused("dbnode publishes to _INBOX.someone", async {
+            let _ = client.publish("_INBOX.someone", "{}".into()).await;
+        })
+        .await;
+
+    eprintln!("== phase: nothing was harmed: the logs exist and the record reads back");
+    let js = async_nats::jetstream::new(cluster.nats_client().await);
+    for p in 0..3 {
+        js.get_stream(format!("RINGSTORE_P{p}"))
+            .await
+            .unwrap_or_else(|e| panic!("stream RINGSTORE_P{p}: {e}"));
+    }
+    assert_eq!(expect(cluster.get("a1").await, 200).await.json(), record);
+}

@@ -1,0 +1,599 @@
+//! Container scenarios: the images `scripts/build-images` makes (or `docker-compose build` on a
+//! host that can pull) — `ringstore/nats:2.15`, `ringstore/dbnode:latest`,
+//! `ringstore/gateway:latest` — run by testcontainers on a private Docker network, NATS with
+//! the image's `nats.conf` and fresh passwords. Each scenario deploys its own cluster (nats,
+//! db-0..db-2, gateway) and talks to the gateway through its mapped port: CRUD, a dbnode
+//! container stopped for 10 s and started again, a paused dbnode container, a restarted NATS
+//! container. Every acknowledged write must survive and the returning node must converge.
+//!
+//! Without the images every scenario passes after printing `skipped: images not built`, so
+//! the suite runs on hosts without Docker; with `RINGSTORE_REQUIRE_IMAGES=1` (CI, after
+//! `scripts/build-images`) a missing image fails instead.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{eventually, expect, user_path, NatsAuth};
+use protocol::partition::partition_of;
+use protocol::{subjects, Answer, GetRequest, Op, Reply, Role, User};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::time::Instant;
+
+const NATS_IMAGE: (&str, &str) = ("ringstore/nats", "2.15");
+const DBNODE_IMAGE: (&str, &str) = ("ringstore/dbnode", "latest");
+const GATEWAY_IMAGE: (&str, &str) = ("ringstore/gateway", "latest");
+const NODES: u32 = 3;
+/// Log lines per container printed when a scenario fails.
+const DUMP_LINES: &str = "40";
+
+/// `None` when every image is there; else why not. Asks the `docker` CLI, so a host without
+/// Docker skips too.
+fn missing_images() -> Option<String> {
+    for (name, tag) in [NATS_IMAGE, DBNODE_IMAGE, GATEWAY_IMAGE] {
+        let image = format!("{name}:{tag}");
+        match Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                return Some(format!("{image}: {}", err.trim()));
+            }
+            Err(e) => return Some(format!("cannot run `docker image inspect {image}`: {e}")),
+        }
+    }
+    None
+}
+
+/// A deployed cluster of containers, or `None` (after saying so) when the images are absent
+/// and `RINGSTORE_REQUIRE_IMAGES` is not `1`.
+async fn deploy_or_skip(scenario: &str) -> Option<Deployment> {
+    if let Some(why) = missing_images() {
+        if std::env::var("RINGSTORE_REQUIRE_IMAGES").as_deref() == Ok("1") {
+            panic!("RINGSTORE_REQUIRE_IMAGES=1 but {why}; run scripts/build-images");
+        }
+        eprintln!("skipped: images not built ({why}); run scripts/build-images ({scenario})");
+        return None;
+    }
+    Some(Deployment::start(scenario).await)
+}
+
+/// nats + db-0..db-2 + gateway on one private network, torn down on drop (printing the last
+/// lines of every container's log if the scenario is failing).
+struct Deployment {
+    /// Unique per deployment: container names and the network are `{prefix}-…`.
+    prefix: String,
+    auth: NatsAuth,
+    nats: ContainerAsync<GenericImage>,
+    nodes: Vec<ContainerAsync<GenericImage>>,
+    gateway: ContainerAsync<GenericImage>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    async fn start(scenario: &str) -> Deployment {
+        let prefix = format!("rs-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let network = format!("{prefix}-net");
+        let auth = NatsAuth::random();
+        let nats_url = format!("nats://{prefix}-nats:4222");
+        eprintln!("== deploy {scenario}: containers {prefix}-* on network {network}");
+
+        let mut nats = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
+            .with_exposed_port(4222.tcp())
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+            .with_network(&network)
+            .with_container_name(format!("{prefix}-nats"));
+        for (key, value) in auth.server_env() {
+            nats = nats.with_env_var(key, value);
+        }
+        let nats = nats.start().await.expect("the nats container starts");
+
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let node = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1)
+                .with_network(&network)
+                .with_container_name(format!("{prefix}-db-{i}"))
+                .with_env_var("DB_INSTANCE_ID", format!("db-{i}"))
+                .with_env_var("NATS_URL", &nats_url)
+                .with_env_var("NATS_USER", &auth.dbnode.user)
+                .with_env_var("NATS_PASSWORD", &auth.dbnode.password)
+                .with_env_var("PARTITIONS", NODES.to_string())
+                .with_env_var("LOG_FORMAT", "pretty")
+                .with_env_var("NO_COLOR", "1")
+                .with_env_var("RUST_LOG", "info,dbnode=debug");
+            nodes.push(node.start().await.expect("a dbnode container starts"));
+        }
+
+        let gateway = GenericImage::new(GATEWAY_IMAGE.0, GATEWAY_IMAGE.1)
+            .with_exposed_port(3001.tcp())
+            .with_network(&network)
+            .with_container_name(format!("{prefix}-gateway"))
+            .with_env_var("REST_PORT", "3001")
+            .with_env_var("NATS_URL", &nats_url)
+            .with_env_var("NATS_USER", &auth.gateway.user)
+            .with_env_var("NATS_PASSWORD", &auth.gateway.password)
+            .with_env_var("PARTITIONS", NODES.to_string())
+            .with_env_var("REQUEST_TIMEOUT_MS", "2000")
+            .with_env_var("LOG_FORMAT", "pretty")
+            .with_env_var("NO_COLOR", "1")
+            .start()
+            .await
+            .expect("the gateway container starts");
+        let port = gateway
+            .get_host_port_ipv4(3001.tcp())
+            .await
+            .expect("the gateway's port is mapped");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+        let deployment = Deployment {
+            prefix,
+            auth,
+            nats,
+            nodes,
+            gateway,
+            base: format!("http://127.0.0.1:{port}"),
+            http,
+        };
+        let started = Instant::now();
+        deployment.wait_converged(Duration::from_secs(60)).await;
+        eprintln!(
+            "== deployed: every node ready, gateway on {} ({:?} after the last container started)",
+            deployment.base,
+            started.elapsed()
+        );
+        deployment
+    }
+
+    fn node(&self, i: u32) -> &ContainerAsync<GenericImage> {
+        &self.nodes[i as usize]
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET /api/cluster`, or `None` while the gateway does not answer it.
+    async fn cluster_view(&self) -> Option<Value> {
+        let response = self.http.get(self.url("/api/cluster")).send().await.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Waits until every node is live and `ready` in the gateway's view, and every partition's
+    /// copies have applied the same sequence with lag 0: the cluster has converged.
+    async fn wait_converged(&self, deadline: Duration) -> Value {
+        eventually(deadline, || async {
+            let view = self.cluster_view().await?;
+            converged(&view).then_some(view)
+        })
+        .await
+    }
+
+    /// A NATS client on the mapped port, as the admin user.
+    async fn nats_client(&self) -> async_nats::Client {
+        let port = self
+            .nats
+            .get_host_port_ipv4(4222.tcp())
+            .await
+            .expect("NATS's port is mapped");
+        let connect = self
+            .auth
+            .admin
+            .connect_options()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(format!("nats://127.0.0.1:{port}"));
+        tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .expect("connecting to NATS timed out")
+            .expect("connect to NATS as admin")
+    }
+
+    /// Asserts that the copy of `partition` with `role` (asked directly over NATS) holds
+    /// exactly `expected` for each of its records.
+    async fn assert_copy_holds(&self, partition: u32, role: Role, expected: &[Value]) {
+        let client = self.nats_client().await;
+        let subject = subjects::request(partition, role, Op::Get);
+        for record in expected {
+            let user: User = serde_json::from_value(record.clone()).expect("a valid record");
+            let payload = serde_json::to_vec(&GetRequest {
+                id: user.id.clone(),
+                min_seq: 0,
+            })
+            .expect("a get request serialises");
+            let reply = eventually(Duration::from_secs(10), || async {
+                let call = client.request(subject.clone(), payload.clone().into());
+                let msg = tokio::time::timeout(Duration::from_secs(2), call)
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(msg.payload)
+            })
+            .await;
+            let answer: Answer = serde_json::from_slice(&reply).expect("an answer");
+            match answer {
+                Ok(Reply::User(found)) => assert_eq!(found.user, user, "{subject}"),
+                other => panic!("{subject} for {:?}: {other:?}", user.id),
+            }
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut containers = vec![
+            ("nats".to_owned(), self.nats.id().to_owned()),
+            ("gateway".to_owned(), self.gateway.id().to_owned()),
+        ];
+        for (i, node) in self.nodes.iter().enumerate() {
+            containers.push((format!("db-{i}"), node.id().to_owned()));
+        }
+        for (name, id) in containers {
+            eprintln!(
+                "---------- last {DUMP_LINES} lines of {}-{name} ----------",
+                self.prefix
+            );
+            match Command::new("docker")
+                .args(["logs", "--tail", DUMP_LINES, &id])
+                .output()
+            {
+                Ok(out) => {
+                    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+                    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                }
+                Err(e) => eprintln!("(docker logs failed: {e})"),
+            }
+        }
+    }
+}
+
+/// Every node live and ready; for every partition, all copies at the same applied sequence
+/// with lag 0.
+fn converged(view: &Value) -> bool {
+    let Some(nodes) = view["nodes"].as_array() else {
+        return false;
+    };
+    if nodes.len() != NODES as usize {
+        return false;
+    }
+    let mut applied: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for node in nodes {
+        if node["live"] != json!(true) || node["state"] != json!("ready") {
+            return false;
+        }
+        for copy in node["partitions"].as_array().into_iter().flatten() {
+            if copy["lag"] != json!(0) {
+                return false;
+            }
+            let (Some(p), Some(seq)) = (copy["partition"].as_u64(), copy["applied"].as_u64())
+            else {
+                return false;
+            };
+            applied.entry(p).or_default().push(seq);
+        }
+    }
+    applied.len() == NODES as usize
+        && applied
+            .values()
+            .all(|seqs| seqs.len() == 2 && seqs[0] == seqs[1])
+}
+
+fn user(id: &str, group: u32) -> Value {
+    json!({ "id": id, "name": format!("User {id}"), "email": "someone@example.com", "group": group })
+}
+
+/// What a writer saw: the state of every record it wrote, as acknowledged, and every
+/// request that did not succeed.
+#[derive(Default)]
+struct Outcome {
+    acked: BTreeMap<String, Value>,
+    failures: Vec<String>,
+    requests: usize,
+}
+
+/// Writes until `stop` is set: creates new records and, every third request, moves an earlier
+/// one to another group (a partial update), in every partition. Every request must succeed.
+async fn write_until(
+    http: reqwest::Client,
+    base: String,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        // Every third request moves the record created two requests earlier.
+        let earlier = format!("{prefix}-{:04}", i.wrapping_sub(2));
+        let (request, record) = if i % 3 == 2 && outcome.acked.contains_key(&earlier) {
+            let patch = json!({ "id": earlier, "group": i % 7 + 10 });
+            let moved = user(&earlier, i % 7 + 10);
+            (http.put(format!("{base}/api/user")).json(&patch), moved)
+        } else {
+            let record = user(&format!("{prefix}-{i:04}"), i % 5);
+            (http.post(format!("{base}/api/user")).json(&record), record)
+        };
+        let id = record["id"].as_str().unwrap_or_default().to_owned();
+        outcome.requests += 1;
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                outcome.acked.insert(id, record);
+            }
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                outcome.failures.push(format!("{id}: {status} {body}"));
+            }
+            Err(e) => outcome.failures.push(format!("{id}: {e}")),
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    outcome
+}
+
+/// A background writer against the gateway.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl Writer {
+    fn start(deployment: &Deployment, prefix: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(write_until(
+            deployment.http.clone(),
+            deployment.base.clone(),
+            prefix.to_owned(),
+            stop.clone(),
+        ));
+        Writer { stop, task }
+    }
+
+    async fn finish(self) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the writer task does not panic")
+    }
+}
+
+/// Every acknowledged record reads back through the gateway as acknowledged.
+async fn assert_all_readable(deployment: &Deployment, acked: &BTreeMap<String, Value>) {
+    for (id, record) in acked {
+        let response = deployment
+            .http
+            .get(deployment.url(&user_path(id)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {id}: {e}"));
+        assert_eq!(expect(response, 200).await.json(), *record, "record {id}");
+    }
+}
+
+/// Records of `acked` that live in `partition`.
+fn in_partition(acked: &BTreeMap<String, Value>, partition: u32) -> Vec<Value> {
+    acked
+        .iter()
+        .filter(|(id, _)| partition_of(id, NODES) == partition)
+        .map(|(_, record)| record.clone())
+        .collect()
+}
+
+/// The drill's end: the cluster converged, every acknowledged record is readable, and db-1's
+/// own copies (primary of P1, replica of P0), asked directly, hold every one of theirs.
+async fn assert_db1_caught_up(deployment: &Deployment, acked: &BTreeMap<String, Value>) {
+    eprintln!("== phase: the cluster converges (db-1 lag 0, applied == its peers')");
+    let started = Instant::now();
+    deployment.wait_converged(Duration::from_secs(60)).await;
+    eprintln!(
+        "== measured: converged {:?} after the writes stopped",
+        started.elapsed()
+    );
+    eprintln!(
+        "== phase: every acknowledged write reads back ({} records)",
+        acked.len()
+    );
+    assert_all_readable(deployment, acked).await;
+    eprintln!("== phase: db-1's primary copy of P1 and replica copy of P0 hold them");
+    deployment
+        .assert_copy_holds(1, Role::Primary, &in_partition(acked, 1))
+        .await;
+    deployment
+        .assert_copy_holds(0, Role::Replica, &in_partition(acked, 0))
+        .await;
+}
+
+#[tokio::test]
+async fn crud_through_the_gateway_container() {
+    let Some(deployment) = deploy_or_skip("crud").await else {
+        return;
+    };
+    let http = &deployment.http;
+
+    eprintln!("== phase: create, read, update, delete through the mapped port");
+    let john = user("13AE742", 3);
+    let created = http
+        .post(deployment.url("/api/user"))
+        .json(&john)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(expect(created, 201).await.json(), john);
+    let got = http.get(deployment.url("/api/user/13AE742")).send().await;
+    assert_eq!(expect(got.expect("GET"), 200).await.json(), john);
+    let patch = json!({ "id": "13AE742", "group": 4 });
+    let updated = http
+        .put(deployment.url("/api/user"))
+        .json(&patch)
+        .send()
+        .await;
+    assert_eq!(expect(updated.expect("PUT"), 200).await.json()["group"], 4);
+    let conflict = http
+        .post(deployment.url("/api/user"))
+        .json(&john)
+        .send()
+        .await;
+    expect(conflict.expect("POST again"), 409).await;
+
+    eprintln!("== phase: list and count across the three partitions");
+    for i in 0..12 {
+        let response = http
+            .post(deployment.url("/api/user"))
+            .json(&user(&format!("u{i:02}"), 1))
+            .send()
+            .await;
+        expect(response.expect("POST"), 201).await;
+    }
+    let count = http.get(deployment.url("/api/users/count")).send().await;
+    assert_eq!(expect(count.expect("COUNT"), 200).await.json()["count"], 13);
+    let page = http
+        .get(deployment.url("/api/users?group=1&limit=5"))
+        .send()
+        .await;
+    let page = expect(page.expect("LIST"), 200).await.json();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["u00", "u01", "u02", "u03", "u04"]);
+
+    eprintln!("== phase: delete");
+    let deleted = http
+        .delete(deployment.url("/api/user/13AE742"))
+        .send()
+        .await;
+    expect(deleted.expect("DELETE"), 204).await;
+    let gone = http.get(deployment.url("/api/user/13AE742")).send().await;
+    expect(gone.expect("GET"), 404).await;
+    let health = http.get(deployment.url("/health")).send().await;
+    assert_eq!(expect(health.expect("health"), 200).await.text, "ok");
+}
+
+#[tokio::test]
+async fn a_stopped_dbnode_container_loses_nothing_and_catches_up() {
+    let Some(deployment) = deploy_or_skip("stop/start drill").await else {
+        return;
+    };
+
+    eprintln!("== phase: write for 2 s, then `docker stop` db-1 while writing");
+    let writer = Writer::start(&deployment, "stop");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deployment.node(1).stop().await.expect("docker stop db-1");
+    eprintln!("== phase: db-1 stopped; writing for 10 s");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!("== phase: `docker start` db-1; keep writing for 3 s");
+    deployment.node(1).start().await.expect("docker start db-1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = writer.finish().await;
+    eprintln!(
+        "== measured: {} requests, {} acknowledged records, {} failed",
+        outcome.requests,
+        outcome.acked.len(),
+        outcome.failures.len()
+    );
+    assert!(
+        outcome.failures.is_empty(),
+        "requests failed during the drill: {:?}",
+        outcome.failures
+    );
+    assert_db1_caught_up(&deployment, &outcome.acked).await;
+}
+
+#[tokio::test]
+async fn a_paused_dbnode_container_is_routed_around_and_catches_up() {
+    let Some(deployment) = deploy_or_skip("pause").await else {
+        return;
+    };
+
+    eprintln!("== phase: write for 2 s, then `docker pause` db-1 for 8 s while writing");
+    let writer = Writer::start(&deployment, "pause");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deployment.node(1).pause().await.expect("docker pause db-1");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    eprintln!("== phase: `docker unpause` db-1; keep writing for 3 s");
+    deployment
+        .node(1)
+        .unpause()
+        .await
+        .expect("docker unpause db-1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = writer.finish().await;
+    eprintln!(
+        "== measured: {} requests, {} acknowledged records, {} failed",
+        outcome.requests,
+        outcome.acked.len(),
+        outcome.failures.len()
+    );
+    assert!(
+        outcome.failures.is_empty(),
+        "requests failed while db-1 was paused: {:?}",
+        outcome.failures
+    );
+    assert_db1_caught_up(&deployment, &outcome.acked).await;
+}
+
+#[tokio::test]
+async fn a_restarted_nats_container_loses_no_acknowledged_write() {
+    let Some(deployment) = deploy_or_skip("NATS restart").await else {
+        return;
+    };
+
+    eprintln!("== phase: write for 3 s");
+    let before = Writer::start(&deployment, "before").finish_after(3).await;
+    assert!(before.failures.is_empty(), "{:?}", before.failures);
+
+    eprintln!("== phase: `docker stop` + `docker start` the NATS container");
+    deployment.nats.stop().await.expect("docker stop nats");
+    deployment.nats.start().await.expect("docker start nats");
+
+    eprintln!("== phase: writes succeed again, without restarting any other container");
+    let started = Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        let probe = user(&format!("probe-{}", uuid::Uuid::new_v4().simple()), 1);
+        let response = deployment
+            .http
+            .post(deployment.url("/api/user"))
+            .json(&probe)
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    eprintln!(
+        "== measured: writes succeed {:?} after NATS started",
+        started.elapsed()
+    );
+    let after = Writer::start(&deployment, "after").finish_after(3).await;
+    assert!(after.failures.is_empty(), "{:?}", after.failures);
+
+    let mut acked = before.acked;
+    acked.extend(after.acked);
+    eprintln!("== phase: the cluster converges; every acknowledged write is there");
+    deployment.wait_converged(Duration::from_secs(60)).await;
+    assert_all_readable(&deployment, &acked).await;
+}
+
+impl Writer {
+    /// Writes for `seconds`, then stops and returns what it saw.
+    async fn finish_after(self, seconds: u64) -> Outcome {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.finish().await
+    }
+}
