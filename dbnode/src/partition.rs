@@ -219,7 +219,9 @@ impl Partition {
     /// saw it, the record as it is now. Never applied a second time.
     async fn committed_before(&self, req: &WriteRequest, seq: u64) -> Answer {
         if !self.wait_applied(seq, CATCH_UP_WAIT).await {
-            return Err(ProtocolError::Unavailable("catching up with the log".into()));
+            return Err(ProtocolError::Unavailable(
+                "catching up with the log".into(),
+            ));
         }
         if let Some(outcome) = self.storage.outcome(self.id, &req.request_id)? {
             return Ok(outcome);

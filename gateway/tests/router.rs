@@ -438,6 +438,8 @@ async fn bad_list_parameters_are_400() {
     let (status, response, body) = api.call(Method::GET, "/api/users/count?group=x").await;
     assert_problem(status, &response, &body, 400);
     // COUNT takes only `group`; LIST's paging parameters do not apply to it.
-    let (status, _, body) = api.call(Method::GET, "/api/users/count?limit=0&cursor=x").await;
+    let (status, _, body) = api
+        .call(Method::GET, "/api/users/count?limit=0&cursor=x")
+        .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"count": 0})));
 }
