@@ -23,9 +23,10 @@ impl FieldError {
 }
 
 /// What a dbnode answers when it cannot perform a request. Carried in replies as
-/// `{"error": {...}}` so that "the node said no" is never confused with "no node answered".
+/// `{"Err": {"kind": …, "detail": …}}` so that "the node said no" is never confused with "no
+/// node answered".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum ProtocolError {
     /// No record with this id.
     #[error("no user with this id")]
@@ -58,4 +59,28 @@ pub enum ProtocolError {
     /// A bug or a storage failure on the node.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_crosses_the_wire() {
+        let all = [
+            ProtocolError::NotFound,
+            ProtocolError::AlreadyExists,
+            ProtocolError::PreconditionFailed { current: 7 },
+            ProtocolError::Invalid { fields: vec![FieldError::new("email", "bad")] },
+            ProtocolError::Behind { applied: 3 },
+            ProtocolError::Unavailable("catching up".into()),
+            ProtocolError::Internal("disk".into()),
+        ];
+        for error in all {
+            let json = serde_json::to_string(&error).expect("serialises");
+            assert_eq!(serde_json::from_str::<ProtocolError>(&json).unwrap(), error, "{json}");
+        }
+        let json = serde_json::to_value(ProtocolError::Unavailable("x".into())).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "unavailable", "detail": "x"}));
+    }
 }
