@@ -29,6 +29,29 @@ pub enum AppendError {
     Unavailable(String),
 }
 
+/// An append sent and not yet confirmed.
+pub struct PendingAppend(async_nats::jetstream::context::PublishAckFuture);
+
+impl PendingAppend {
+    /// Waits for the log's answer: the entry's sequence once it is stored. This is the commit
+    /// point of every write.
+    pub async fn committed(self) -> Result<u64, AppendError> {
+        match self.0.await {
+            Ok(ack) if ack.duplicate => Err(AppendError::Duplicate(ack.sequence)),
+            Ok(ack) => Ok(ack.sequence),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                ) =>
+            {
+                Err(AppendError::Conflict)
+            }
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+}
+
 /// The log could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error("log unavailable: {0}")]
@@ -72,28 +95,33 @@ impl PartitionLog {
         })
     }
 
-    /// Appends `entry` if the stream's last sequence is still `expected_last`; returns the
-    /// entry's sequence. This is the commit point of every write. The request id is the
-    /// message id, so a retry that reaches the log again is recognised even when the first
-    /// entry has since been superseded by a newer write to the record.
-    pub async fn append(&self, entry: &LogEntry, expected_last: u64) -> Result<u64, AppendError> {
+    /// Sends `entry` to the log, to be stored only if the stream's last entry is still the
+    /// one expected: sequence `expected_last` and, when given, message id `previous`. Sends
+    /// from one writer reach the server in order, so a writer may have several appends in
+    /// flight, each naming its predecessor; if one fails, every later one fails too.
+    /// The request id is the message id, so a retry that reaches the log again is recognised
+    /// even when the first entry has since been superseded by a newer write to the record.
+    pub async fn send(
+        &self,
+        entry: &LogEntry,
+        expected_last: u64,
+        previous: Option<&str>,
+    ) -> Result<PendingAppend, AppendError> {
         let payload = serde_json::to_vec(entry).expect("log entries serialise");
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .payload(payload.into())
             .message_id(&entry.request_id)
             .expected_last_sequence(expected_last);
+        if let Some(previous) = previous {
+            message = message.expected_last_message_id(previous);
+        }
         let subject = subjects::log_subject(self.partition, &entry.id);
         let ack = self
             .js
             .send_publish(subject, message)
             .await
             .map_err(|e| AppendError::Unavailable(e.to_string()))?;
-        match ack.await {
-            Ok(ack) if ack.duplicate => Err(AppendError::Duplicate(ack.sequence)),
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),
-            Err(e) => Err(AppendError::Unavailable(e.to_string())),
-        }
+        Ok(PendingAppend(ack))
     }
 
     /// The sequence of the newest entry (0 for an empty log).

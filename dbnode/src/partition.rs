@@ -1,10 +1,13 @@
 //! One hosted partition: its local copy, its log, and the write path (DESIGN.md steps 2–4,7).
 //!
-//! Writes are serialised per partition by `write_lock`; applies (from our own writes and from
-//! the log tailer) by `apply_lock`, and every apply skips sequences already applied, so the two
-//! sources never double-apply or reorder. The primary and a takeover replica run the same
-//! write path: the expected-last-sequence rule of the log decides who commits.
+//! Writes are decided and sent in one order per partition (the `pipeline` lock) and several
+//! may await their log acknowledgement at once; each append expects the last sequence and
+//! message id of its predecessor, so a chain commits whole or breaks at the first foreign
+//! entry. Applies (from our own writes and from the log tailer) are serialised by `apply_lock`
+//! and skip sequences already applied, so the two sources never double-apply or reorder. The
+//! primary and a takeover replica run the same write path: the log decides who commits.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +16,13 @@ use futures::StreamExt;
 use protocol::decide::decide;
 use protocol::{
     Answer, CountRequest, GetRequest, LogEntry, NodeId, PartitionId, PresencePartition,
-    ProtocolError, Reply, Role, ScanRequest, WriteRequest,
+    ProtocolError, Reply, Role, ScanRequest, User, VersionedUser, WriteRequest,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::log::{AppendError, PartitionLog};
+use crate::log::{AppendError, PartitionLog, PendingAppend};
 use crate::storage::{Storage, StorageError};
 
 /// How long a replica read waits for the sequence it was asked for before answering `Behind`.
@@ -48,8 +51,38 @@ pub struct Partition {
     log: PartitionLog,
     applied: watch::Sender<u64>,
     lag: AtomicU64,
-    write_lock: tokio::sync::Mutex<()>,
+    pipeline: tokio::sync::Mutex<Pipeline>,
+    progress: Arc<Notify>,
     apply_lock: Mutex<()>,
+}
+
+/// The writer's appends that are sent and not yet answered.
+#[derive(Default)]
+struct Pipeline {
+    /// Sequence and request id the newest sent append will have if it commits; the next
+    /// append names it as its predecessor. `None`: start a new chain at the applied sequence.
+    tail: Option<(u64, String)>,
+    /// Appends sent and not yet answered.
+    in_flight: usize,
+    /// The record states those appends produce, by record id, so that later writes are
+    /// decided against them.
+    pending: HashMap<String, (u64, Option<User>)>,
+    /// Request ids of those appends.
+    requests: HashSet<String>,
+}
+
+/// What the write path does next.
+enum Step {
+    /// Answer now (a retry of a write already applied).
+    Answer(Reply),
+    /// Wait for the pipeline to move, then try again.
+    Wait(std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>),
+    /// The entry is on its way to the log, as sequence `seq` if it commits.
+    Sent {
+        entry: LogEntry,
+        seq: u64,
+        pending: PendingAppend,
+    },
 }
 
 impl Partition {
@@ -70,7 +103,8 @@ impl Partition {
             log,
             applied: watch::Sender::new(applied),
             lag: AtomicU64::new(0),
-            write_lock: tokio::sync::Mutex::new(()),
+            pipeline: tokio::sync::Mutex::default(),
+            progress: Arc::new(Notify::new()),
             apply_lock: Mutex::new(()),
         })
     }
@@ -156,49 +190,39 @@ impl Partition {
         })
     }
 
-    /// Validates `req` against the local state, commits it to the log with the expected last
-    /// sequence, applies it, and answers. A request id already applied answers its first
-    /// outcome.
+    /// Validates `req` against the local state and the writes still in flight, commits it to
+    /// the log, applies it, and answers. Appends are pipelined: a write is sent while earlier
+    /// ones await their acknowledgement, chained to its predecessor, so a partition commits
+    /// many writes per log round trip and still in one order. A request id already applied,
+    /// or found in the log, answers its first outcome.
     pub async fn write(&self, req: WriteRequest) -> Answer {
-        let _writer = self.write_lock.lock().await;
         for _ in 0..MAX_ATTEMPTS {
-            if let Some(outcome) = self.storage.outcome(self.id, &req.request_id)? {
-                debug!(
-                    partition = self.id,
-                    request_id = req.request_id,
-                    "retry of applied write"
-                );
-                return Ok(outcome);
-            }
-            let applied = self.applied();
-            let current = self.storage.get(self.id, req.kind.id())?;
-            let entry = LogEntry {
-                id: req.kind.id().to_owned(),
-                record: decide(current.as_ref(), &req.kind)?,
-                writer: self.node,
-                request_id: req.request_id.clone(),
-            };
-            match self.log.append(&entry, applied).await {
-                Ok(seq) => {
-                    let outcome = self.apply(seq, &entry)?;
-                    // `None`: the tailer applied our entry first; its outcome is stored.
-                    return match outcome {
-                        Some(reply) => Ok(reply),
-                        None => self
-                            .storage
-                            .outcome(self.id, &req.request_id)?
-                            .ok_or_else(|| {
-                                ProtocolError::Internal("committed write has no outcome".into())
-                            }),
-                    };
+            let (entry, sent_as, pending) = match self.send(&req).await? {
+                Step::Answer(reply) => return Ok(reply),
+                Step::Wait(progress) => {
+                    let _ = tokio::time::timeout(CATCH_UP_WAIT, progress).await;
+                    continue;
                 }
+                Step::Sent {
+                    entry,
+                    seq,
+                    pending,
+                } => (entry, seq, pending),
+            };
+            let committed = pending.committed().await;
+            if let Ok(seq) = committed {
+                self.apply_own(seq, &entry).await?;
+            }
+            self.finish(&entry, sent_as, committed.is_ok()).await;
+            match committed {
+                Ok(seq) => return Ok(entry.outcome(seq)),
                 Err(AppendError::Conflict) => {
                     let last = self
                         .log
                         .last_sequence()
                         .await
                         .map_err(|e| ProtocolError::Unavailable(e.to_string()))?;
-                    debug!(partition = self.id, applied, last, "lost the sequence race");
+                    debug!(partition = self.id, last, "lost the sequence race");
                     if !self.wait_applied(last, CATCH_UP_WAIT).await {
                         return Err(ProtocolError::Unavailable(
                             "catching up with the log".into(),
@@ -212,6 +236,98 @@ impl Partition {
         Err(ProtocolError::Unavailable(
             "too many concurrent writers".into(),
         ))
+    }
+
+    /// Decides `req` and sends its log entry, under the pipeline lock so that sends keep the
+    /// order in which they were decided.
+    async fn send(&self, req: &WriteRequest) -> Result<Step, ProtocolError> {
+        let mut pipe = self.pipeline.lock().await;
+        if let Some(outcome) = self.storage.outcome(self.id, &req.request_id)? {
+            debug!(
+                partition = self.id,
+                request_id = req.request_id,
+                "retry of applied write"
+            );
+            return Ok(Step::Answer(outcome));
+        }
+        // An earlier attempt of this request is in flight, or the chain broke and appends
+        // sent on it have not all failed yet: wait for them.
+        if pipe.requests.contains(&req.request_id) || (pipe.tail.is_none() && pipe.in_flight > 0) {
+            let progress = self.progress.clone().notified_owned();
+            return Ok(Step::Wait(Box::pin(progress)));
+        }
+        let (expected, previous) = match &pipe.tail {
+            Some((seq, request_id)) => (*seq, Some(request_id.clone())),
+            None => {
+                pipe.pending.clear();
+                (self.applied(), None)
+            }
+        };
+        let id = req.kind.id();
+        let current = match pipe.pending.get(id) {
+            Some((version, record)) => record.clone().map(|user| VersionedUser {
+                user,
+                version: *version,
+            }),
+            None => self.storage.get(self.id, id)?,
+        };
+        let entry = LogEntry {
+            id: id.to_owned(),
+            record: decide(current.as_ref(), &req.kind)?,
+            writer: self.node,
+            request_id: req.request_id.clone(),
+        };
+        let pending = self
+            .log
+            .send(&entry, expected, previous.as_deref())
+            .await
+            .map_err(|e| ProtocolError::Unavailable(e.to_string()))?;
+        let seq = expected + 1;
+        pipe.tail = Some((seq, req.request_id.clone()));
+        pipe.in_flight += 1;
+        pipe.pending
+            .insert(entry.id.clone(), (seq, entry.record.clone()));
+        pipe.requests.insert(req.request_id.clone());
+        Ok(Step::Sent {
+            entry,
+            seq,
+            pending,
+        })
+    }
+
+    /// Applies our own committed entry in log order (its predecessor is ours or applied
+    /// already). The tailer may have got there first, or even past it when a newer write to
+    /// the same record superseded it in the log before the tailer read it: then the entry's
+    /// outcome is remembered without applying it, so a retry still finds it.
+    async fn apply_own(&self, seq: u64, entry: &LogEntry) -> Result<(), StorageError> {
+        if !self.wait_applied(seq - 1, CATCH_UP_WAIT).await {
+            return Ok(()); // the tailer applies it; the log has it
+        }
+        if self.apply(seq, entry)?.is_none() {
+            self.storage
+                .remember_outcome(self.id, &entry.request_id, &entry.outcome(seq))?;
+        }
+        Ok(())
+    }
+
+    /// Takes an answered append (sent as sequence `seq`) out of the pipeline. A failure
+    /// breaks the chain: the appends sent after it fail too, and the next write starts a new
+    /// chain from the applied sequence once they have.
+    async fn finish(&self, entry: &LogEntry, seq: u64, committed: bool) {
+        let mut pipe = self.pipeline.lock().await;
+        pipe.in_flight -= 1;
+        pipe.requests.remove(&entry.request_id);
+        if !committed {
+            pipe.tail = None;
+        }
+        // The state leaves the overlay unless a later write to the record replaced it; a
+        // committed state only once storage has it.
+        let ours = pipe.pending.get(&entry.id).is_some_and(|(s, _)| *s == seq);
+        if ours && (!committed || self.applied() >= seq) {
+            pipe.pending.remove(&entry.id);
+        }
+        drop(pipe);
+        self.progress.notify_waiters();
     }
 
     /// The answer to a request the log says was committed at `seq` by an earlier attempt: its

@@ -188,7 +188,7 @@ impl Storage {
             group_deltas.push((old.group, -1));
             total = total.saturating_sub(1);
         }
-        let reply = match &entry.record {
+        match &entry.record {
             Some(user) => {
                 let stored = VersionedUser {
                     user: user.clone(),
@@ -201,13 +201,10 @@ impl Storage {
                     _ => group_deltas.push((user.group, 1)),
                 }
                 total += 1;
-                Reply::User(stored)
             }
-            None => {
-                batch.delete_cf(cf, record_key(&entry.id));
-                Reply::Deleted { version: seq }
-            }
-        };
+            None => batch.delete_cf(cf, record_key(&entry.id)),
+        }
+        let reply = entry.outcome(seq);
         for (group, delta) in group_deltas.into_iter().filter(|(_, d)| *d != 0) {
             let key = group_count_key(group);
             match self.read_u64(p, &key)?.saturating_add_signed(delta) {
@@ -224,6 +221,20 @@ impl Storage {
         batch.put_cf(cf, APPLIED, seq.to_be_bytes());
         self.db.write(batch)?;
         Ok(Some(reply))
+    }
+
+    /// Records the outcome of a request whose entry was superseded in the log before this
+    /// copy applied it, so that a retry of the request is still answered from it.
+    pub fn remember_outcome(
+        &self,
+        p: PartitionId,
+        request_id: &str,
+        reply: &Reply,
+    ) -> Result<(), StorageError> {
+        let value = serde_json::to_vec(reply)?;
+        Ok(self
+            .db
+            .put_cf(self.cf(p)?, request_key(request_id), value)?)
     }
 
     /// Flushes memtables to disk (on shutdown).

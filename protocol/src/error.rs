@@ -71,16 +71,25 @@ mod tests {
             ProtocolError::NotFound,
             ProtocolError::AlreadyExists,
             ProtocolError::PreconditionFailed { current: 7 },
-            ProtocolError::Invalid { fields: vec![FieldError::new("email", "bad")] },
+            ProtocolError::Invalid {
+                fields: vec![FieldError::new("email", "bad")],
+            },
             ProtocolError::Behind { applied: 3 },
             ProtocolError::Unavailable("catching up".into()),
             ProtocolError::Internal("disk".into()),
         ];
         for error in all {
             let json = serde_json::to_string(&error).expect("serialises");
-            assert_eq!(serde_json::from_str::<ProtocolError>(&json).unwrap(), error, "{json}");
+            assert_eq!(
+                serde_json::from_str::<ProtocolError>(&json).unwrap(),
+                error,
+                "{json}"
+            );
         }
         let json = serde_json::to_value(ProtocolError::Unavailable("x".into())).unwrap();
-        assert_eq!(json, serde_json::json!({"kind": "unavailable", "detail": "x"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "unavailable", "detail": "x"})
+        );
     }
 }

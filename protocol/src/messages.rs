@@ -159,6 +159,19 @@ pub struct LogEntry {
     pub request_id: String,
 }
 
+impl LogEntry {
+    /// The answer to the write that made this entry, committed at `seq`.
+    pub fn outcome(&self, seq: u64) -> Reply {
+        match &self.record {
+            Some(user) => Reply::User(VersionedUser {
+                user: user.clone(),
+                version: seq,
+            }),
+            None => Reply::Deleted { version: seq },
+        }
+    }
+}
+
 /// A node's life-cycle state, as announced in presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
