@@ -124,6 +124,29 @@ impl PartitionLog {
         Ok(PendingAppend(ack))
     }
 
+    /// Whether the log took an entry for `request_id` within JetStream's duplicate window,
+    /// and at which sequence, without appending anything: a publish with that message id and
+    /// an expected last message id no entry has is either answered as a duplicate of the first
+    /// entry (JetStream checks duplicates first) or refused. Used when a write is refused (409, 404, 412) to tell a retry of
+    /// a write that did commit from a genuinely conflicting one.
+    pub async fn find_request(&self, entry: &LogEntry) -> Result<Option<u64>, AppendError> {
+        let message = PublishMessage::build()
+            .message_id(&entry.request_id)
+            .expected_last_message_id("ringstore: no entry has this id");
+        let subject = subjects::log_subject(self.partition, &entry.id);
+        let ack = self
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        match PendingAppend(ack).committed().await {
+            Err(AppendError::Duplicate(seq)) => Ok(Some(seq)),
+            Err(AppendError::Conflict) => Ok(None),
+            Err(e) => Err(e),
+            Ok(seq) => Err(AppendError::Unavailable(format!("probe stored at {seq}"))),
+        }
+    }
+
     /// The sequence of the newest entry (0 for an empty log).
     pub async fn last_sequence(&self) -> Result<u64, LogError> {
         let stream = self

@@ -75,6 +75,8 @@ struct Pipeline {
 enum Step {
     /// Answer now (a retry of a write already applied).
     Answer(Reply),
+    /// The write is refused against the current state (exists, not found, version).
+    Refused(ProtocolError, LogEntry),
     /// Wait for the pipeline to move, then try again.
     Wait(std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>),
     /// The entry is on its way to the log, as sequence `seq` if it commits.
@@ -208,6 +210,22 @@ impl Partition {
                     seq,
                     pending,
                 } => (entry, seq, pending),
+                Step::Refused(refusal, entry) => {
+                    // A retry of a write that committed, whose outcome this copy never saw (the
+                    // entry was superseded before it tailed it), is refused by its own effect:
+                    // the log's duplicate window tells the two apart.
+                    let found = self.log.find_request(&entry).await;
+                    debug!(
+                        partition = self.id,
+                        request_id = req.request_id,
+                        ?found,
+                        "refused; in log?"
+                    );
+                    return match found {
+                        Ok(Some(seq)) => self.committed_before(&req, seq).await,
+                        _ => Err(refusal),
+                    };
+                }
             };
             let committed = pending.committed().await;
             if let Ok(seq) = committed {
@@ -271,12 +289,16 @@ impl Partition {
             }),
             None => self.storage.get(self.id, id)?,
         };
-        let entry = LogEntry {
+        let mut entry = LogEntry {
             id: id.to_owned(),
-            record: decide(current.as_ref(), &req.kind)?,
+            record: None,
             writer: self.node,
             request_id: req.request_id.clone(),
         };
+        match decide(current.as_ref(), &req.kind) {
+            Ok(record) => entry.record = record,
+            Err(refusal) => return Ok(Step::Refused(refusal, entry)),
+        }
         let pending = self
             .log
             .send(&entry, expected, previous.as_deref())

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use integration_tests::{
-    eventually, expect, expect_problem, user_path, Cluster, HttpReply, ReadFrom,
+    eventually, expect, expect_problem, send, user_path, Cluster, HttpReply, ReadFrom,
 };
 use protocol::partition::partition_of;
-use protocol::{subjects, Answer, GetRequest, Op, Reply, User};
+use protocol::{Op, PartitionId, Reply, Role, User};
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -55,36 +55,16 @@ fn ids_in_partition(records: &[Value], partition: u32, partitions: u32) -> Vec<V
         .collect()
 }
 
-/// Asks one dbnode copy directly over NATS (`ringstore.part.{p}.{role}.get`) for each record,
-/// and asserts it holds exactly that record. Retries for up to 10 s while the endpoint is
-/// still registering after a restart.
-async fn assert_copy_holds(cluster: &Cluster, subject: &str, records: &[Value]) {
-    let client = cluster.nats_client().await;
+/// Asks one dbnode copy directly over NATS (`ringstore.part.{p}.{role}.get`, through the
+/// harness's [`integration_tests::CopyReader`]) for each record, and asserts it holds exactly
+/// that record.
+async fn assert_copy_holds(cluster: &Cluster, p: PartitionId, role: Role, records: &[Value]) {
+    let copy = cluster.copy(p, role).await;
     for record in records {
         let expected: User = serde_json::from_value(record.clone()).unwrap();
-        let request = GetRequest {
-            id: expected.id.clone(),
-            min_seq: 0,
-        };
-        let payload = serde_json::to_vec(&request).unwrap();
-        let reply = eventually(Duration::from_secs(10), || async {
-            let call = client.request(subject.to_owned(), payload.clone().into());
-            let msg = tokio::time::timeout(Duration::from_secs(2), call)
-                .await
-                .ok()?
-                .ok()?;
-            Some(msg.payload)
-        })
-        .await;
-        let answer: Answer = serde_json::from_slice(&reply).unwrap_or_else(|e| {
-            panic!(
-                "{subject}: not an answer ({e}): {}",
-                String::from_utf8_lossy(&reply)
-            )
-        });
-        match answer {
-            Ok(Reply::User(found)) => assert_eq!(found.user, expected, "{subject}"),
-            other => panic!("{subject} for {:?}: {other:?}", expected.id),
+        match copy.get(&expected.id).await {
+            Ok(Reply::User(found)) => assert_eq!(found.user, expected, "{}", copy.subject(Op::Get)),
+            other => panic!("{} for {:?}: {other:?}", copy.subject(Op::Get), expected.id),
         }
     }
 }
@@ -393,7 +373,7 @@ async fn a_dbnode_killed_with_9_keeps_every_acknowledged_write() {
     assert_all_readable(&cluster, &records).await;
 
     eprintln!("== phase: db-1's own primary copy of partition 1 holds them");
-    assert_copy_holds(&cluster, &subjects::primary(1, Op::Get), &in_p1).await;
+    assert_copy_holds(&cluster, 1, Role::Primary, &in_p1).await;
 }
 
 #[tokio::test]
@@ -426,8 +406,8 @@ async fn a_dbnode_with_a_wiped_disk_rebuilds_from_the_log() {
     assert_all_readable(&cluster, &records).await;
 
     eprintln!("== phase: db-1 rebuilt its primary copy of P1 and its replica of P0");
-    assert_copy_holds(&cluster, &subjects::primary(1, Op::Get), &in_p1).await;
-    assert_copy_holds(&cluster, &subjects::replica(0, Op::Get), &in_p0).await;
+    assert_copy_holds(&cluster, 1, Role::Primary, &in_p1).await;
+    assert_copy_holds(&cluster, 0, Role::Replica, &in_p0).await;
 }
 
 #[tokio::test]
@@ -507,4 +487,49 @@ async fn a_second_process_with_a_live_node_id_refuses_to_serve() {
     let replacement = cluster.wait_node_ready(0).await;
     assert_ne!(replacement.instance, first.instance);
     assert!(duplicate.is_running());
+}
+
+#[tokio::test]
+async fn a_retried_create_is_recognised_even_by_a_copy_that_never_saw_it() {
+    let mut cluster = Cluster::start(3).await;
+    let id = (0..)
+        .map(|i| format!("retried-{i}"))
+        .find(|id| partition_of(id, 3) == 1)
+        .unwrap();
+    let create = |cluster: &Cluster, key: &str| {
+        cluster
+            .request(Method::POST, "/api/user")
+            .header("Idempotency-Key", key)
+            .json(&user(&id, "Retried", 1))
+    };
+
+    eprintln!("== phase: stop db-2 (P1's replica) and wipe its disk");
+    cluster.node(2).terminate().await;
+    cluster.node(2).wipe();
+
+    eprintln!("== phase: create {id} with key K, then update it: the log keeps only the update");
+    expect(send("first create", create(&cluster, "K")).await, 201).await;
+    let updated = cluster.put(&json!({"id": id, "group": 9})).await;
+    let version = expect(updated, 200).await.etag();
+
+    eprintln!("== phase: db-2 rebuilds from the compacted log; then db-1 dies");
+    cluster.node(2).start();
+    cluster.wait_node_ready(2).await;
+    cluster.node(1).kill9();
+
+    eprintln!("== phase: the client retries the create with K: db-2 answers it, not 409");
+    let retried = expect(send("retried create", create(&cluster, "K")).await, 201).await;
+    assert_eq!(retried.json()["group"], 9, "the record as it now is");
+    assert_eq!(
+        retried.etag(),
+        version,
+        "nothing was appended for the retry"
+    );
+
+    eprintln!("== phase: a create with another key is a real conflict");
+    expect_problem(
+        send("conflicting create", create(&cluster, "other")).await,
+        409,
+    )
+    .await;
 }
