@@ -214,17 +214,17 @@ impl Partition {
                     // A retry of a write that committed, whose outcome this copy never saw (the
                     // entry was superseded before it tailed it), is refused by its own effect:
                     // the log's duplicate window tells the two apart.
-                    let found = self.log.find_request(&entry).await;
-                    debug!(
-                        partition = self.id,
-                        request_id = req.request_id,
-                        ?found,
-                        "refused; in log?"
-                    );
-                    return match found {
-                        Ok(Some(seq)) => self.committed_before(&req, seq).await,
-                        _ => Err(refusal),
-                    };
+                    if let Some(seq) = self.log.find_request(&entry).await.ok().flatten() {
+                        return self.committed_before(&req, seq).await;
+                    }
+                    // Refuse only on the log's latest state: a copy still applying entries
+                    // (a takeover replica, a primary back from a pause) decides again after.
+                    let last = self.log_end().await?;
+                    if self.applied() >= last {
+                        return Err(refusal);
+                    }
+                    self.catch_up_to(last).await?;
+                    continue;
                 }
             };
             let committed = pending.committed().await;
@@ -235,17 +235,9 @@ impl Partition {
             match committed {
                 Ok(seq) => return Ok(entry.outcome(seq)),
                 Err(AppendError::Conflict) => {
-                    let last = self
-                        .log
-                        .last_sequence()
-                        .await
-                        .map_err(|e| ProtocolError::Unavailable(e.to_string()))?;
+                    let last = self.log_end().await?;
                     debug!(partition = self.id, last, "lost the sequence race");
-                    if !self.wait_applied(last, CATCH_UP_WAIT).await {
-                        return Err(ProtocolError::Unavailable(
-                            "catching up with the log".into(),
-                        ));
-                    }
+                    self.catch_up_to(last).await?;
                 }
                 Err(AppendError::Duplicate(seq)) => return self.committed_before(&req, seq).await,
                 Err(AppendError::Unavailable(e)) => return Err(ProtocolError::Unavailable(e)),
@@ -254,6 +246,23 @@ impl Partition {
         Err(ProtocolError::Unavailable(
             "too many concurrent writers".into(),
         ))
+    }
+
+    /// The sequence of the log's newest entry.
+    async fn log_end(&self) -> Result<u64, ProtocolError> {
+        let last = self.log.last_sequence().await;
+        last.map_err(|e| ProtocolError::Unavailable(e.to_string()))
+    }
+
+    /// Waits (bounded) until the log up to `last` is applied.
+    async fn catch_up_to(&self, last: u64) -> Result<(), ProtocolError> {
+        if self.wait_applied(last, CATCH_UP_WAIT).await {
+            Ok(())
+        } else {
+            Err(ProtocolError::Unavailable(
+                "catching up with the log".into(),
+            ))
+        }
     }
 
     /// Decides `req` and sends its log entry, under the pipeline lock so that sends keep the
@@ -356,11 +365,7 @@ impl Partition {
     /// stored outcome once applied, or, if a newer write superseded the entry before this copy
     /// saw it, the record as it is now. Never applied a second time.
     async fn committed_before(&self, req: &WriteRequest, seq: u64) -> Answer {
-        if !self.wait_applied(seq, CATCH_UP_WAIT).await {
-            return Err(ProtocolError::Unavailable(
-                "catching up with the log".into(),
-            ));
-        }
+        self.catch_up_to(seq).await?;
         if let Some(outcome) = self.storage.outcome(self.id, &req.request_id)? {
             return Ok(outcome);
         }
