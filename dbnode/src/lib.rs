@@ -78,6 +78,28 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
     }
 }
 
+/// Every minute, forgets request outcomes that fell out of the retention window.
+async fn prune_outcomes(partitions: Vec<Arc<Partition>>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        for partition in &partitions {
+            match partition.prune_outcomes() {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    partition = partition.id,
+                    pruned = n,
+                    "old request outcomes pruned"
+                ),
+                Err(e) => warn!(partition = partition.id, error = %e, "pruning outcomes failed"),
+            }
+        }
+    }
+}
+
 /// Runs a dbnode until `shutdown` fires, then shuts down gracefully: stop taking requests,
 /// finish those in flight, drain NATS, flush RocksDB.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
@@ -137,6 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     for partition in &partitions {
         tasks.spawn(partition.clone().tail(shutdown.clone()));
     }
+    tasks.spawn(prune_outcomes(partitions.clone(), shutdown.clone()));
 
     info!(%node, "catching up from the logs");
     for partition in &partitions {

@@ -29,6 +29,8 @@ use crate::storage::{Storage, StorageError};
 const READ_WAIT: Duration = Duration::from_millis(150);
 /// How long a writer waits for the tailer to catch up after losing the sequence race.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(1500);
+/// How many of a partition's latest writes keep their outcome for idempotent retries.
+pub const OUTCOME_RETENTION: u64 = 1_000_000;
 /// The largest page a scan returns.
 const MAX_PAGE: u32 = 1000;
 /// How often a writer retries after losing the sequence race.
@@ -336,7 +338,7 @@ impl Partition {
         }
         if self.apply(seq, entry)?.is_none() {
             self.storage
-                .remember_outcome(self.id, &entry.request_id, &entry.outcome(seq))?;
+                .remember_outcome(self.id, seq, &entry.request_id, &entry.outcome(seq))?;
         }
         Ok(())
     }
@@ -373,6 +375,14 @@ impl Partition {
             Some(current) => Reply::User(current),
             None => Reply::Deleted { version: seq },
         })
+    }
+
+    /// Forgets request outcomes older than [`OUTCOME_RETENTION`] writes, a bounded batch at a
+    /// time, so the idempotency table does not grow with the partition's history.
+    pub fn prune_outcomes(&self) -> Result<usize, StorageError> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.storage
+            .prune_outcomes(self.id, OUTCOME_RETENTION, 10_000)
     }
 
     /// Applies the log to the local copy, from the applied sequence on, until `shutdown`.

@@ -3,7 +3,8 @@
 //! Keys inside a partition's column family:
 //! - `r{id}` → the record and its version (JSON [`VersionedUser`]);
 //! - `g{group:be32}{id}` → empty: the group index;
-//! - `q{request_id}` → the write's outcome (JSON [`Reply`]), for idempotent retries;
+//! - `q{request_id}` → the write's outcome (JSON [`Reply`]), for idempotent retries, and
+//!   `o{seq:be64}` → its request id, so that old outcomes can be pruned in log order;
 //! - `m/applied` → the last applied log sequence (be64);
 //! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
 //!
@@ -58,6 +59,11 @@ fn group_count_key(group: u32) -> Vec<u8> {
 
 fn request_key(request_id: &str) -> Vec<u8> {
     [b"q", request_id.as_bytes()].concat()
+}
+
+/// `o{seq:be64}` → request id: the outcomes in log order, so that old ones can be pruned.
+fn outcome_order_key(seq: u64) -> Vec<u8> {
+    [&b"o"[..], &seq.to_be_bytes()].concat()
 }
 
 fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
@@ -218,6 +224,7 @@ impl Storage {
             request_key(&entry.request_id),
             serde_json::to_vec(&reply)?,
         );
+        batch.put_cf(cf, outcome_order_key(seq), entry.request_id.as_bytes());
         batch.put_cf(cf, APPLIED, seq.to_be_bytes());
         self.db.write(batch)?;
         Ok(Some(reply))
@@ -228,13 +235,50 @@ impl Storage {
     pub fn remember_outcome(
         &self,
         p: PartitionId,
+        seq: u64,
         request_id: &str,
         reply: &Reply,
     ) -> Result<(), StorageError> {
-        let value = serde_json::to_vec(reply)?;
-        Ok(self
+        let cf = self.cf(p)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, request_key(request_id), serde_json::to_vec(reply)?);
+        batch.put_cf(cf, outcome_order_key(seq), request_id.as_bytes());
+        Ok(self.db.write(batch)?)
+    }
+
+    /// Forgets the outcomes of writes more than `keep` sequences behind the applied one, at
+    /// most `budget` of them per call; returns how many it forgot. Retries that old are then
+    /// recognised only within JetStream's duplicate window.
+    pub fn prune_outcomes(
+        &self,
+        p: PartitionId,
+        keep: u64,
+        budget: usize,
+    ) -> Result<usize, StorageError> {
+        let cf = self.cf(p)?;
+        let Some(cutoff) = self.applied(p)?.checked_sub(keep) else {
+            return Ok(0);
+        };
+        let mut batch = WriteBatch::default();
+        let mut pruned = 0;
+        let start = outcome_order_key(0);
+        for item in self
             .db
-            .put_cf(self.cf(p)?, request_key(request_id), value)?)
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, request_id) = item?;
+            let Some(seq) = key.strip_prefix(&b"o"[..]) else {
+                break;
+            };
+            if be64(Some(seq)) > cutoff || pruned == budget {
+                break;
+            }
+            batch.delete_cf(cf, &key);
+            batch.delete_cf(cf, [&b"q"[..], &request_id].concat());
+            pruned += 1;
+        }
+        self.db.write(batch)?;
+        Ok(pruned)
     }
 
     /// Flushes memtables to disk (on shutdown).

@@ -190,3 +190,27 @@ fn scan_pages_by_id_and_by_group_index() {
         (vec![], false)
     );
 }
+
+#[test]
+fn old_outcomes_are_pruned_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    for (seq, entry) in history() {
+        storage.apply(0, seq, &entry).unwrap();
+    }
+    // Keep the outcomes of the last 2 sequences (5 and 6): 1..=4 go, 2 at most per call.
+    assert_eq!(storage.prune_outcomes(0, 2, 2).unwrap(), 2);
+    assert_eq!(storage.prune_outcomes(0, 2, 100).unwrap(), 2);
+    assert_eq!(storage.prune_outcomes(0, 2, 100).unwrap(), 0);
+    for gone in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(storage.outcome(0, gone).unwrap(), None, "{gone}");
+    }
+    assert_eq!(
+        storage.outcome(0, "r5").unwrap(),
+        Some(Reply::Deleted { version: 5 })
+    );
+    assert!(storage.outcome(0, "r6").unwrap().is_some());
+    // Records, counts and the applied sequence are untouched.
+    assert_final_state(&storage);
+    assert_eq!(storage.prune_outcomes(0, 100, 100).unwrap(), 0);
+}
