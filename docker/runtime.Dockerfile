@@ -27,6 +27,6 @@ WORKDIR /data
 USER 10001:10001
 # gateway: GET /health answers 200; dbnode: the process (PID 1) is alive.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/bin/sh", "-c", "if [ \"$RINGSTORE_BIN\" = gateway ]; then curl -fsS -o /dev/null http://127.0.0.1:${REST_PORT:-3001}/health; else kill -0 1; fi"]
+    CMD ["/bin/sh", "-c", "if [ \"$RINGSTORE_BIN\" = gateway ]; then curl -fsS -o /dev/null http://127.0.0.1:${REST_PORT:-3001}/health; else /usr/local/bin/dbnode --check; fi"]
 # exec: the binary itself is PID 1 and gets SIGTERM from `docker stop` (graceful shutdown).
 ENTRYPOINT ["/bin/sh", "-c", "exec \"/usr/local/bin/$RINGSTORE_BIN\" \"$@\"", "--"]

@@ -26,6 +26,10 @@ pub struct Config {
     /// Number of partitions (and nodes) in the ring.
     #[arg(long, env = "PARTITIONS", default_value_t = 3)]
     pub partitions: u32,
+    /// Do not run: exit 0 if the live node with this id is ready, 1 otherwise (for container
+    /// healthchecks).
+    #[arg(long)]
+    pub check: bool,
     /// Logging.
     #[command(flatten)]
     pub log: telemetry::LogConfig,

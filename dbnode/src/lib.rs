@@ -78,6 +78,21 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
     }
 }
 
+/// For container healthchecks: true if the live process serving `DB_INSTANCE_ID` has caught
+/// up and serves requests.
+pub async fn check(config: &Config) -> bool {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("ringstore-{}-check", config.db_instance_id))
+        .connection_timeout(Duration::from_secs(2));
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let Ok(client) = options.connect(&config.nats_url).await else {
+        return false;
+    };
+    presence::node_state(&client, config.db_instance_id).await == Some(NodeState::Ready)
+}
+
 /// Every minute, forgets request outcomes that fell out of the retention window.
 async fn prune_outcomes(partitions: Vec<Arc<Partition>>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -118,7 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    if presence::node_taken(&client, node).await {
+    if presence::node_state(&client, node).await.is_some() {
         return Err(NodeError::DuplicateNode(node));
     }
 

@@ -6,6 +6,12 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = dbnode::Config::parse();
+    if config.check {
+        return match dbnode::check(&config).await {
+            true => std::process::ExitCode::SUCCESS,
+            false => std::process::ExitCode::FAILURE,
+        };
+    }
     let _log_guard = config.log.init(&config.db_instance_id.to_string());
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));

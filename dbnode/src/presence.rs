@@ -15,13 +15,15 @@ use crate::partition::Partition;
 /// Interval between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// True if a live process already answers for `node`.
-pub async fn node_taken(client: &async_nats::Client, node: NodeId) -> bool {
+/// The state of the live process that answers for `node`, if one does.
+pub async fn node_state(client: &async_nats::Client, node: NodeId) -> Option<NodeState> {
     let request = async_nats::Request::new().timeout(Some(Duration::from_millis(750)));
-    client
+    let reply = client
         .send_request(subjects::node_ping(node), request)
         .await
-        .is_ok()
+        .ok()?;
+    // Any answer means the id is taken; an older process may answer with something else.
+    Some(serde_json::from_slice(&reply.payload).unwrap_or(NodeState::CatchingUp))
 }
 
 /// Publishes heartbeats and answers `ringstore.node.{node}.ping` until `shutdown`. If another
@@ -55,8 +57,10 @@ pub async fn run(
                 }
             }
             Some(ping) = pings.next() => {
+                // The answer is the node's state, for `dbnode --check` (container healthchecks).
                 if let Some(reply) = ping.reply {
-                    let _ = client.publish(reply, instance.clone().into()).await;
+                    let answer = serde_json::to_vec(&*state.borrow()).expect("states serialise");
+                    let _ = client.publish(reply, answer.into()).await;
                 }
             }
             Some(msg) = others.next() => {
