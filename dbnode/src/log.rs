@@ -115,7 +115,16 @@ impl PartitionLog {
         if let Some(previous) = previous {
             message = message.expected_last_message_id(previous);
         }
-        let subject = subjects::log_subject(self.partition, &entry.id);
+        self.publish(&entry.id, message).await
+    }
+
+    /// Sends `message` on the log subject of record `id`.
+    async fn publish(
+        &self,
+        id: &str,
+        message: PublishMessage,
+    ) -> Result<PendingAppend, AppendError> {
+        let subject = subjects::log_subject(self.partition, id);
         let ack = self
             .js
             .send_publish(subject, message)
@@ -127,19 +136,13 @@ impl PartitionLog {
     /// Whether the log took an entry for `request_id` within JetStream's duplicate window,
     /// and at which sequence, without appending anything: a publish with that message id and
     /// an expected last message id no entry has is either answered as a duplicate of the first
-    /// entry (JetStream checks duplicates first) or refused. Used when a write is refused (409, 404, 412) to tell a retry of
-    /// a write that did commit from a genuinely conflicting one.
+    /// entry (JetStream checks duplicates first) or refused. Used when a write is refused (409,
+    /// 404, 412) to tell a retry of a write that did commit from a genuinely conflicting one.
     pub async fn find_request(&self, entry: &LogEntry) -> Result<Option<u64>, AppendError> {
         let message = PublishMessage::build()
             .message_id(&entry.request_id)
             .expected_last_message_id("ringstore: no entry has this id");
-        let subject = subjects::log_subject(self.partition, &entry.id);
-        let ack = self
-            .js
-            .send_publish(subject, message)
-            .await
-            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
-        match PendingAppend(ack).committed().await {
+        match self.publish(&entry.id, message).await?.committed().await {
             Err(AppendError::Duplicate(seq)) => Ok(Some(seq)),
             Err(AppendError::Conflict) => Ok(None),
             Err(e) => Err(e),
