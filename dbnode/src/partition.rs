@@ -137,6 +137,15 @@ impl Partition {
         Ok(outcome)
     }
 
+    /// Marks `seq` applied without changing any record (an entry that does not decode).
+    fn skip(&self, seq: u64) -> Result<(), StorageError> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.storage.skip(self.id, seq)? {
+            self.applied.send_replace(seq);
+        }
+        Ok(())
+    }
+
     /// Waits until `seq` is applied, for at most `wait`. True if it is.
     async fn wait_applied(&self, seq: u64, wait: Duration) -> bool {
         let mut rx = self.applied.subscribe();
@@ -426,7 +435,15 @@ impl Partition {
                             break;
                         }
                     }
-                    Err(e) => warn!(partition = self.id, seq, error = %e, "undecodable log entry"),
+                    Err(e) => {
+                        // Not ours to interpret: step over it rather than stall every later
+                        // entry (and every catch-up waiting for this sequence).
+                        warn!(partition = self.id, seq, error = %e, "undecodable log entry; skipped");
+                        if let Err(e) = self.skip(seq) {
+                            warn!(partition = self.id, seq, error = %e, "skip failed; re-tailing");
+                            break;
+                        }
+                    }
                 }
             }
         }

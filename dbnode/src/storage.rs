@@ -230,6 +230,16 @@ impl Storage {
         Ok(Some(reply))
     }
 
+    /// Moves the applied sequence of `p` to `seq` without applying anything (a log entry that
+    /// cannot be decoded). False if `seq` was applied already.
+    pub fn skip(&self, p: PartitionId, seq: u64) -> Result<bool, StorageError> {
+        if seq <= self.applied(p)? {
+            return Ok(false);
+        }
+        self.db.put_cf(self.cf(p)?, APPLIED, seq.to_be_bytes())?;
+        Ok(true)
+    }
+
     /// Records the outcome of a request whose entry was superseded in the log before this
     /// copy applied it, so that a retry of the request is still answered from it.
     pub fn remember_outcome(

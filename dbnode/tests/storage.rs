@@ -214,3 +214,25 @@ fn old_outcomes_are_pruned_in_log_order() {
     assert_final_state(&storage);
     assert_eq!(storage.prune_outcomes(0, 100, 100).unwrap(), 0);
 }
+
+#[test]
+fn skipping_an_undecodable_entry_moves_only_the_applied_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let history = history();
+    for (seq, entry) in &history[..5] {
+        storage.apply(0, *seq, entry).unwrap();
+    }
+    assert!(!storage.skip(0, 5).unwrap(), "already applied");
+    assert!(storage.skip(0, 6).unwrap());
+    assert_eq!(storage.applied(0).unwrap(), 6);
+    assert_eq!(
+        storage.get(0, "d.x ü").unwrap(),
+        None,
+        "the skipped entry changed nothing"
+    );
+    assert_eq!(storage.count(0, None).unwrap(), 2);
+    // The next entry applies as usual.
+    storage.apply(0, 7, &put("e", 1, "r7")).unwrap();
+    assert_eq!(storage.applied(0).unwrap(), 7);
+}

@@ -533,3 +533,38 @@ async fn a_retried_create_is_recognised_even_by_a_copy_that_never_saw_it() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_undecodable_log_entry_stalls_neither_writes_nor_a_catch_up() {
+    let mut cluster = Cluster::start(3).await;
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("after-garbage-{i}"))
+        .filter(|id| partition_of(id, 3) == 1)
+        .take(3)
+        .collect();
+
+    eprintln!("== phase: an operator's stray message lands in P1's log");
+    let js = async_nats::jetstream::new(cluster.nats_client().await);
+    let ack = js
+        .publish("ringstore.log.1.6e6f6973", "not a log entry".into())
+        .await
+        .expect("published");
+    ack.await.expect("stored in RINGSTORE_P1");
+
+    eprintln!("== phase: writes to P1 still succeed");
+    expect(cluster.create(&user(&ids[0], "After", 1)).await, 201).await;
+
+    eprintln!("== phase: db-2 (P1's replica) restarts and catches up past it");
+    cluster.node(2).terminate().await;
+    expect(cluster.create(&user(&ids[1], "After", 1)).await, 201).await;
+    cluster.node(2).start();
+    cluster.wait_node_ready(2).await;
+    let copy = cluster.copy(1, Role::Replica).await;
+    for id in &ids[..2] {
+        match copy.get(id).await {
+            Ok(Reply::User(found)) => assert_eq!(&found.user.id, id),
+            other => panic!("db-2's copy of P1 lacks {id}: {other:?}"),
+        }
+    }
+    expect(cluster.create(&user(&ids[2], "After", 1)).await, 201).await;
+}
