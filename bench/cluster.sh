@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# Shared by bench/run and bench/profile: source it from the repository root. Starts a 3-node
+# process cluster (nats-server with JetStream, db-0..db-2, the gateway) from release binaries
+# on free loopback ports in a temp dir, and removes everything on exit.
+#
+# After `start_cluster`: $work (temp dir), $base (gateway URL), $pids (nats, db-0..2, gateway,
+# then whatever the caller adds), and `preload` (BENCH_USERS users u0..u{N-1}).
+
+say() { printf '==> %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_cluster() {
+  say "building release binaries"
+  cargo build --release -q -p dbnode -p gateway
+  local bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+  work=$(mktemp -d)
+  pids=()
+  trap cleanup EXIT
+  local nats_port rest_port
+  nats_port=$(free_port)
+  rest_port=$(free_port)
+  export NATS_URL=nats://127.0.0.1:$nats_port RUST_LOG=warn
+  say "starting nats-server, db-0..db-2, gateway"
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
+  pids+=($!)
+  for i in 0 1 2; do
+    DB_INSTANCE_ID=db-$i DATA_DIR=$work/db-$i "$bin/dbnode" >"$work/db-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  REST_PORT=$rest_port "$bin/gateway" >"$work/gateway.log" 2>&1 &
+  pids+=($!)
+  base=http://127.0.0.1:$rest_port
+  for _ in $(seq 1 300); do curl -fsS "$base/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "$base/ready" >/dev/null || { tail -n 20 "$work"/*.log; exit 1; }
+}
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then say "kept $work"; else rm -rf "$work"; fi
+}
+
+# POSTs u0..u{BENCH_USERS-1} with wrk; sets $preload_ms.
+preload() {
+  say "preloading $BENCH_USERS users"
+  local start have last from
+  start=$(date +%s%N)
+  have=$(user_count)
+  last=-1
+  while [ "$have" -lt "$BENCH_USERS" ]; do
+    # Resume a little before what exists (the overlap answers 409); start over if stuck on a hole.
+    from=$(( have > 5000 ? have - 5000 : 0 ))
+    [ "$have" -eq "$last" ] && from=0
+    BENCH_FROM=$from wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s bench/lua/preload.lua "$base" \
+      >"$work/preload.out" || { cat "$work/preload.out"; exit 1; }
+    last=$have
+    have=$(user_count)
+  done
+  preload_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  say "preloaded in ${preload_ms} ms"
+}
+
+user_count() { curl -fsS "$base/api/users/count" | tr -dc 0-9; }
