@@ -33,12 +33,7 @@ pub struct Page {
 
 /// Encodes the id a page ended at as an opaque cursor.
 pub fn encode_cursor(last_id: &str) -> String {
-    use std::fmt::Write;
-    let mut cursor = String::from("v1");
-    for b in last_id.as_bytes() {
-        let _ = write!(cursor, "{b:02x}");
-    }
-    cursor
+    format!("v1{}", protocol::subjects::hex(last_id))
 }
 
 /// Decodes a cursor back to the id it ended at; `None` if it is not one of ours.

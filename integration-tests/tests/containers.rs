@@ -485,6 +485,26 @@ async fn crud_through_the_gateway_container() {
     assert_eq!(expect(health.expect("health"), 200).await.text, "ok");
 }
 
+/// The end of a fault story: every request succeeded, and db-1 holds every acknowledged write.
+async fn assert_nothing_failed_and_db1_caught_up(
+    deployment: &Deployment,
+    outcome: &Outcome,
+    when: &str,
+) {
+    eprintln!(
+        "== measured: {} requests, {} acknowledged records, {} failed",
+        outcome.requests,
+        outcome.acked.len(),
+        outcome.failures.len()
+    );
+    assert!(
+        outcome.failures.is_empty(),
+        "requests failed {when}: {:?}",
+        outcome.failures
+    );
+    assert_db1_caught_up(deployment, &outcome.acked).await;
+}
+
 #[tokio::test]
 async fn a_stopped_dbnode_container_loses_nothing_and_catches_up() {
     let Some(deployment) = deploy_or_skip("stop/start drill").await else {
@@ -501,18 +521,7 @@ async fn a_stopped_dbnode_container_loses_nothing_and_catches_up() {
     deployment.node(1).start().await.expect("docker start db-1");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let outcome = writer.finish().await;
-    eprintln!(
-        "== measured: {} requests, {} acknowledged records, {} failed",
-        outcome.requests,
-        outcome.acked.len(),
-        outcome.failures.len()
-    );
-    assert!(
-        outcome.failures.is_empty(),
-        "requests failed during the drill: {:?}",
-        outcome.failures
-    );
-    assert_db1_caught_up(&deployment, &outcome.acked).await;
+    assert_nothing_failed_and_db1_caught_up(&deployment, &outcome, "during the drill").await;
 }
 
 #[tokio::test]
@@ -534,18 +543,7 @@ async fn a_paused_dbnode_container_is_routed_around_and_catches_up() {
         .expect("docker unpause db-1");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let outcome = writer.finish().await;
-    eprintln!(
-        "== measured: {} requests, {} acknowledged records, {} failed",
-        outcome.requests,
-        outcome.acked.len(),
-        outcome.failures.len()
-    );
-    assert!(
-        outcome.failures.is_empty(),
-        "requests failed while db-1 was paused: {:?}",
-        outcome.failures
-    );
-    assert_db1_caught_up(&deployment, &outcome.acked).await;
+    assert_nothing_failed_and_db1_caught_up(&deployment, &outcome, "while db-1 was paused").await;
 }
 
 #[tokio::test]

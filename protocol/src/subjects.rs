@@ -96,12 +96,18 @@ pub fn log_filter(p: PartitionId) -> String {
 /// `ringstore.log.{p}.{hex(id)}`: one subject per record, so the stream keeps the latest entry
 /// of each record.
 pub fn log_subject(p: PartitionId, id: &str) -> String {
+    format!("ringstore.log.{p}.{}", hex(id))
+}
+
+/// Lower-case hex of a string's UTF-8 bytes: a form of any id that is one safe subject token
+/// (and that the gateway also uses inside its opaque cursors).
+pub fn hex(text: &str) -> String {
     use std::fmt::Write;
-    let mut s = format!("ringstore.log.{p}.");
-    for b in id.as_bytes() {
-        let _ = write!(s, "{b:02x}");
+    let mut out = String::with_capacity(text.len() * 2);
+    for b in text.as_bytes() {
+        let _ = write!(out, "{b:02x}");
     }
-    s
+    out
 }
 
 /// Name of the NATS service every dbnode registers (`nats micro ls`).
