@@ -26,6 +26,17 @@ pub struct Config {
     /// Number of partitions (and nodes) in the ring.
     #[arg(long, env = "PARTITIONS", default_value_t = 3)]
     pub partitions: u32,
+    /// JetStream's duplicate window on the partition logs, in seconds: how long the log itself
+    /// recognises a retried request id. Applies when this node creates a stream.
+    #[arg(long, env = "DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    pub duplicate_window_secs: u64,
+    /// How long a write's outcome is kept for retries with its request id, in seconds (at most
+    /// `OUTCOME_KEEP_WRITES` per partition are kept, whichever is fewer).
+    #[arg(long, env = "OUTCOME_RETENTION_SECS", default_value_t = 86_400)]
+    pub outcome_retention_secs: u64,
+    /// The most write outcomes kept per partition.
+    #[arg(long, env = "OUTCOME_KEEP_WRITES", default_value_t = 1_000_000)]
+    pub outcome_keep_writes: u64,
     /// Do not run: exit 0 if the live node with this id is ready, 1 otherwise (for container
     /// healthchecks).
     #[arg(long)]

@@ -23,7 +23,7 @@ use protocol::{NodeState, PartitionMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::log::PartitionLog;
 pub use crate::partition::Partition;
@@ -93,23 +93,45 @@ pub async fn check(config: &Config) -> bool {
     presence::node_state(&client, config.db_instance_id).await == Some(NodeState::Ready)
 }
 
-/// Every minute, forgets request outcomes that fell out of the retention window.
-async fn prune_outcomes(partitions: Vec<Arc<Partition>>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
+/// Forgets request outcomes older than `retention` or beyond the last `keep` writes of each
+/// partition, a bounded batch at a time: as fast as writes arrive, without holding up applies
+/// for long.
+async fn prune_outcomes(
+    partitions: Vec<Arc<Partition>>,
+    retention: Duration,
+    keep: u64,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
         for partition in &partitions {
-            match partition.prune_outcomes() {
-                Ok(0) => {}
-                Ok(n) => info!(
+            let older_than =
+                protocol::timing::now_ms().saturating_sub(retention.as_millis() as u64);
+            let mut pruned = 0;
+            loop {
+                match partition.prune_outcomes(older_than, keep) {
+                    Ok(n) => {
+                        pruned += n;
+                        if n < partition::PRUNE_BATCH || shutdown.is_cancelled() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        warn!(partition = partition.id, error = %e, "pruning outcomes failed");
+                        break;
+                    }
+                }
+            }
+            if pruned > 0 {
+                debug!(
                     partition = partition.id,
-                    pruned = n,
-                    "old request outcomes pruned"
-                ),
-                Err(e) => warn!(partition = partition.id, error = %e, "pruning outcomes failed"),
+                    pruned, "old request outcomes pruned"
+                );
             }
         }
     }
@@ -139,8 +161,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 
     let mut partitions = Vec::new();
     for &(p, role) in &hosted {
+        let dedupe = Duration::from_secs(config.duplicate_window_secs);
         let log = retry("ensuring the log stream", &shutdown, || {
-            PartitionLog::ensure(&client, p)
+            PartitionLog::ensure(&client, p, dedupe)
         })
         .await;
         let Some(log) = log else { return Ok(()) };
@@ -174,16 +197,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     for partition in &partitions {
         tasks.spawn(partition.clone().tail(shutdown.clone()));
     }
-    tasks.spawn(prune_outcomes(partitions.clone(), shutdown.clone()));
+    tasks.spawn(prune_outcomes(
+        partitions.clone(),
+        Duration::from_secs(config.outcome_retention_secs),
+        config.outcome_keep_writes,
+        shutdown.clone(),
+    ));
 
     info!(%node, "catching up from the logs");
     for partition in &partitions {
-        if retry("reading the log's end", &shutdown, || partition.catch_up())
-            .await
-            .is_none()
-        {
-            return Ok(());
+        let caught_up = retry("reading the log's end", &shutdown, || {
+            partition.catch_up(&shutdown)
+        })
+        .await;
+        if caught_up.is_none() || shutdown.is_cancelled() {
+            break;
         }
+    }
+    if shutdown.is_cancelled() {
+        info!(%node, "stopped during catch-up");
+        tasks.close();
+        tasks.wait().await;
+        storage.flush()?;
+        return match conflict.is_cancelled() {
+            true => Err(NodeError::DuplicateNode(node)),
+            false => Ok(()),
+        };
     }
     state.send_replace(NodeState::Ready);
     info!(%node, "ready; serving requests");

@@ -1,6 +1,11 @@
 //! A partition's replication log: the JetStream stream `RINGSTORE_P{p}`, one subject per
 //! record and at most one message per subject, so it always holds the latest entry of every
 //! record (tombstones included) and is a complete copy of the partition.
+//!
+//! The writer sees the log through the [`Log`] trait (conditional append, a record's latest
+//! entry, the duplicate-window probe), so that its interleavings can be tested against an
+//! in-memory log; [`PartitionLog`] is the JetStream implementation, which also serves the
+//! tailer (a consumer from a sequence on) and the log's identity.
 
 use std::time::Duration;
 
@@ -9,56 +14,65 @@ use async_nats::jetstream::{
     consumer::{push, DeliverPolicy},
     context::PublishErrorKind,
     message::PublishMessage,
-    stream::{Config, DiscardPolicy, StorageType},
+    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType},
 };
+use futures::future::BoxFuture;
 use protocol::{subjects, LogEntry, PartitionId};
 
-/// Why an append did not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// The log already holds an entry with this request id (JetStream's duplicate window,
-    /// two minutes): the request was committed before, at this sequence.
-    #[error("request already committed at {0}")]
+/// How long one log operation may take before it counts as unavailable.
+const LOG_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What the log did with an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at this sequence: committed.
+    Stored(u64),
+    /// Not stored: the log took an entry with this request id before (JetStream's duplicate
+    /// window), at this sequence.
     Duplicate(u64),
-    /// Someone else appended since the sequence we expected: catch up and retry.
-    #[error("the log moved past the expected sequence")]
+}
+
+/// Why an append did not commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The record's latest entry is not the one the append named: decide again on it.
+    #[error("the record's latest log entry is not the expected one")]
     Conflict,
     /// The log could not be reached or did not confirm in time. The entry may or may not be in
-    /// the log; the caller finds out by catching up.
+    /// the log.
     #[error("log unavailable: {0}")]
     Unavailable(String),
 }
 
-/// An append sent and not yet confirmed.
-pub struct PendingAppend(async_nats::jetstream::context::PublishAckFuture);
-
-impl PendingAppend {
-    /// Waits for the log's answer: the entry's sequence once it is stored. This is the commit
-    /// point of every write.
-    pub async fn committed(self) -> Result<u64, AppendError> {
-        match self.0.await {
-            Ok(ack) if ack.duplicate => Err(AppendError::Duplicate(ack.sequence)),
-            Ok(ack) => Ok(ack.sequence),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
-                ) =>
-            {
-                Err(AppendError::Conflict)
-            }
-            Err(e) => Err(AppendError::Unavailable(e.to_string())),
-        }
-    }
-}
-
 /// The log could not be reached.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("log unavailable: {0}")]
 pub struct LogError(pub String);
 
 fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError(e.to_string())
+}
+
+/// A record's latest log entry and its sequence.
+pub type Latest = Option<(u64, LogEntry)>;
+
+/// The log as the writer uses it. Every operation is one round trip; futures own what they
+/// need, so a writer can have many in flight.
+pub trait Log: Send + Sync + 'static {
+    /// Appends `entry` (message id = its request id) only if the latest entry of its record
+    /// is at sequence `expected` (0: the record has no entry).
+    fn append(
+        &self,
+        entry: &LogEntry,
+        expected: u64,
+    ) -> BoxFuture<'static, Result<Appended, AppendError>>;
+
+    /// The latest entry of record `id`, read from the log's leader.
+    fn latest(&self, id: &str) -> BoxFuture<'static, Result<Latest, LogError>>;
+
+    /// Whether the log took an entry for `entry`'s request id within its duplicate window, and
+    /// at which sequence, without storing anything.
+    fn find_request(&self, entry: &LogEntry) -> BoxFuture<'static, Result<Option<u64>, LogError>>;
 }
 
 /// Handle on one partition's stream.
@@ -69,14 +83,24 @@ pub struct PartitionLog {
     partition: PartitionId,
 }
 
+/// The stream's identity and end, as the tailer checks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogState {
+    /// The stream's creation time (ns since the epoch): a recreated stream has another.
+    pub identity: String,
+    /// The sequence of the newest entry (0 for an empty log).
+    pub last: u64,
+}
+
 impl PartitionLog {
-    /// Creates the stream if it does not exist yet.
+    /// Creates the stream if it does not exist yet, with a duplicate window of `dedupe`.
     pub async fn ensure(
         client: &async_nats::Client,
         partition: PartitionId,
+        dedupe: Duration,
     ) -> Result<Self, LogError> {
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(Duration::from_millis(1500));
+        js.set_timeout(LOG_TIMEOUT);
         js.get_or_create_stream(Config {
             name: subjects::stream_name(partition),
             subjects: vec![subjects::log_filter(partition)],
@@ -84,6 +108,7 @@ impl PartitionLog {
             max_messages_per_subject: 1,
             discard: DiscardPolicy::Old,
             allow_direct: true,
+            duplicate_window: dedupe,
             ..Default::default()
         })
         .await
@@ -95,74 +120,52 @@ impl PartitionLog {
         })
     }
 
-    /// Sends `entry` to the log, to be stored only if the stream's last entry is still the
-    /// one expected: sequence `expected_last` and, when given, message id `previous`. Sends
-    /// from one writer reach the server in order, so a writer may have several appends in
-    /// flight, each naming its predecessor; if one fails, every later one fails too.
-    /// The request id is the message id, so a retry that reaches the log again is recognised
-    /// even when the first entry has since been superseded by a newer write to the record.
-    pub async fn send(
-        &self,
-        entry: &LogEntry,
-        expected_last: u64,
-        previous: Option<&str>,
-    ) -> Result<PendingAppend, AppendError> {
-        let payload = serde_json::to_vec(entry).expect("log entries serialise");
-        let mut message = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(&entry.request_id)
-            .expected_last_sequence(expected_last);
-        if let Some(previous) = previous {
-            message = message.expected_last_message_id(previous);
-        }
-        self.publish(&entry.id, message).await
-    }
-
-    /// Sends `message` on the log subject of record `id`.
-    async fn publish(
+    /// Sends `message` on the log subject of record `id` and waits for the log's answer.
+    fn publish(
         &self,
         id: &str,
         message: PublishMessage,
-    ) -> Result<PendingAppend, AppendError> {
+    ) -> BoxFuture<'static, Result<Appended, AppendError>> {
         let subject = subjects::log_subject(self.partition, id);
-        let ack = self
-            .js
-            .send_publish(subject, message)
-            .await
-            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
-        Ok(PendingAppend(ack))
+        let js = self.js.clone();
+        Box::pin(async move {
+            let pending = js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+            match pending.await {
+                Ok(ack) if ack.duplicate => Ok(Appended::Duplicate(ack.sequence)),
+                Ok(ack) => Ok(Appended::Stored(ack.sequence)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
+                    Err(AppendError::Conflict)
+                }
+                Err(e) => Err(AppendError::Unavailable(e.to_string())),
+            }
+        })
     }
 
-    /// Whether the log took an entry for `request_id` within JetStream's duplicate window,
-    /// and at which sequence, without appending anything: a publish with that message id and
-    /// an expected last message id no entry has is either answered as a duplicate of the first
-    /// entry (JetStream checks duplicates first) or refused. Used when a write is refused (409,
-    /// 404, 412) to tell a retry of a write that did commit from a genuinely conflicting one.
-    pub async fn find_request(&self, entry: &LogEntry) -> Result<Option<u64>, AppendError> {
-        let message = PublishMessage::build()
-            .message_id(&entry.request_id)
-            .expected_last_message_id("ringstore: no entry has this id");
-        match self.publish(&entry.id, message).await?.committed().await {
-            Err(AppendError::Duplicate(seq)) => Ok(Some(seq)),
-            Err(AppendError::Conflict) => Ok(None),
-            Err(e) => Err(e),
-            Ok(seq) => Err(AppendError::Unavailable(format!("probe stored at {seq}"))),
-        }
-    }
-
-    /// The sequence of the newest entry (0 for an empty log).
-    pub async fn last_sequence(&self) -> Result<u64, LogError> {
+    /// The stream's identity and last sequence.
+    pub async fn state(&self) -> Result<LogState, LogError> {
         let stream = self
             .js
             .get_stream(subjects::stream_name(self.partition))
             .await
             .map_err(unavailable)?;
-        Ok(stream
-            .get_info()
-            .await
-            .map_err(unavailable)?
-            .state
-            .last_sequence)
+        let info = stream.cached_info();
+        Ok(LogState {
+            identity: info.created.unix_timestamp_nanos().to_string(),
+            last: info.state.last_sequence,
+        })
+    }
+
+    /// The sequence of the newest entry (0 for an empty log).
+    pub async fn last_sequence(&self) -> Result<u64, LogError> {
+        Ok(self.state().await?.last)
     }
 
     /// Every entry from sequence `from` on, in order, and then new ones as they are appended.
@@ -185,5 +188,59 @@ impl PartitionLog {
             .await
             .map_err(unavailable)?;
         consumer.messages().await.map_err(unavailable)
+    }
+}
+
+impl Log for PartitionLog {
+    /// `Nats-Expected-Last-Subject-Sequence` = `expected`, the primitive of JetStream KV's
+    /// `update(revision)`: whichever node writes, a decision made on a stale version of the
+    /// record cannot commit.
+    fn append(
+        &self,
+        entry: &LogEntry,
+        expected: u64,
+    ) -> BoxFuture<'static, Result<Appended, AppendError>> {
+        let payload = serde_json::to_vec(entry).expect("log entries serialise");
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(&entry.request_id)
+            .expected_last_subject_sequence(expected);
+        self.publish(&entry.id, message)
+    }
+
+    fn latest(&self, id: &str) -> BoxFuture<'static, Result<Latest, LogError>> {
+        let subject = subjects::log_subject(self.partition, id);
+        let (js, stream) = (self.js.clone(), subjects::stream_name(self.partition));
+        Box::pin(async move {
+            let stream = js.get_stream_no_info(stream).await.map_err(unavailable)?;
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => {
+                    let entry = serde_json::from_slice(&message.payload).map_err(|e| {
+                        LogError(format!("undecodable entry {}: {e}", message.sequence))
+                    })?;
+                    Ok(Some((message.sequence, entry)))
+                }
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    /// A publish with the request id as message id and an expected last message id no entry
+    /// has: JetStream answers it as a duplicate of the first entry (duplicates are checked
+    /// before that header) or refuses it; it is never stored.
+    fn find_request(&self, entry: &LogEntry) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
+        let message = PublishMessage::build()
+            .message_id(&entry.request_id)
+            .expected_last_message_id("ringstore: no entry has this id");
+        let probe = self.publish(&entry.id, message);
+        Box::pin(async move {
+            match probe.await {
+                Ok(Appended::Duplicate(seq)) => Ok(Some(seq)),
+                Err(AppendError::Conflict) => Ok(None),
+                Err(AppendError::Unavailable(e)) => Err(LogError(e)),
+                Ok(Appended::Stored(seq)) => Err(LogError(format!("probe stored at {seq}"))),
+            }
+        })
     }
 }

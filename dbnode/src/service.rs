@@ -8,7 +8,7 @@ use async_nats::service::{Request, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use protocol::{
-    subjects, Answer, CountRequest, GetRequest, NodeId, Op, ProtocolError, ScanRequest,
+    subjects, CountRequest, GetRequest, NodeId, Op, ProtocolError, Response, ScanRequest,
     WriteRequest,
 };
 use tokio_util::sync::CancellationToken;
@@ -24,17 +24,27 @@ fn invalid(e: serde_json::Error) -> ProtocolError {
 }
 
 /// Handles one request on `partition` for `op`.
-async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Answer {
-    fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ProtocolError> {
-        serde_json::from_slice(payload).map_err(invalid)
+async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Response {
+    fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Response> {
+        serde_json::from_slice(payload).map_err(|e| Response::new(Err(invalid(e)), 0))
     }
     match op {
-        Op::Get => partition.get(parse::<GetRequest>(payload)?).await,
-        Op::Scan => partition.scan(parse::<ScanRequest>(payload)?).await,
-        Op::Count => partition.count(parse::<CountRequest>(payload)?).await,
-        Op::Create | Op::Update | Op::Delete => {
-            partition.write(parse::<WriteRequest>(payload)?).await
-        }
+        Op::Get => match parse::<GetRequest>(payload) {
+            Ok(request) => return partition.get(request).await,
+            Err(refusal) => refusal,
+        },
+        Op::Scan => match parse::<ScanRequest>(payload) {
+            Ok(request) => return partition.scan(request).await,
+            Err(refusal) => refusal,
+        },
+        Op::Count => match parse::<CountRequest>(payload) {
+            Ok(request) => return partition.count(request).await,
+            Err(refusal) => refusal,
+        },
+        Op::Create | Op::Update | Op::Delete => match parse::<WriteRequest>(payload) {
+            Ok(request) => return partition.write(request).await,
+            Err(refusal) => refusal,
+        },
     }
 }
 

@@ -3,9 +3,13 @@
 //! Keys inside a partition's column family:
 //! - `r{id}` → the record and its version (JSON [`VersionedUser`]);
 //! - `g{group:be32}{id}` → empty: the group index;
+//! - `t{id}` → the sequence (be64) of the tombstone of a deleted record: with the record keys,
+//!   every id's latest log sequence, which the writer's conditional appends name;
 //! - `q{request_id}` → the write's outcome (JSON [`Reply`]), for idempotent retries, and
-//!   `o{seq:be64}` → its request id, so that old outcomes can be pruned in log order;
-//! - `m/applied` → the last applied log sequence (be64);
+//!   `o{seq:be64}` → when it was applied (Unix ms, be64) and its request id, so that old
+//!   outcomes can be pruned in log order;
+//! - `m/applied` → the last applied log sequence (be64); `m/log` → the identity of the log it
+//!   was applied from (the stream's creation time), so that a recreated log is noticed;
 //! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
 //!
 //! Every log entry is applied as one `WriteBatch` holding all of these, so a crash never
@@ -19,6 +23,7 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 
 const APPLIED: &[u8] = b"m/applied";
 const COUNT: &[u8] = b"m/count";
+const LOG_IDENTITY: &[u8] = b"m/log";
 
 /// The column family holding partition `p`.
 pub fn partition_cf(p: PartitionId) -> String {
@@ -57,6 +62,10 @@ fn group_count_key(group: u32) -> Vec<u8> {
     [&b"c"[..], &group.to_be_bytes()].concat()
 }
 
+fn tombstone_key(id: &str) -> Vec<u8> {
+    [b"t", id.as_bytes()].concat()
+}
+
 fn request_key(request_id: &str) -> Vec<u8> {
     [b"q", request_id.as_bytes()].concat()
 }
@@ -64,6 +73,15 @@ fn request_key(request_id: &str) -> Vec<u8> {
 /// `o{seq:be64}` → request id: the outcomes in log order, so that old ones can be pruned.
 fn outcome_order_key(seq: u64) -> Vec<u8> {
     [&b"o"[..], &seq.to_be_bytes()].concat()
+}
+
+/// `{applied at, Unix ms:be64}{request id}`.
+fn outcome_order_value(request_id: &str) -> Vec<u8> {
+    [
+        &protocol::timing::now_ms().to_be_bytes()[..],
+        request_id.as_bytes(),
+    ]
+    .concat()
 }
 
 fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
@@ -107,6 +125,39 @@ impl Storage {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// The latest state of record `id` as this copy knows it: the sequence of its latest log
+    /// entry (a tombstone's for a deleted record, 0 for an id never written) and the record.
+    pub fn state(&self, p: PartitionId, id: &str) -> Result<(u64, Option<User>), StorageError> {
+        if let Some(found) = self.get(p, id)? {
+            return Ok((found.version, Some(found.user)));
+        }
+        let tombstone = self.db.get_pinned_cf(self.cf(p)?, tombstone_key(id))?;
+        Ok((be64(tombstone), None))
+    }
+
+    /// The identity of the log partition `p` was applied from, if recorded.
+    pub fn log_identity(&self, p: PartitionId) -> Result<Option<String>, StorageError> {
+        let value = self.db.get_pinned_cf(self.cf(p)?, LOG_IDENTITY)?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the identity of the log partition `p` is applied from.
+    pub fn set_log_identity(&self, p: PartitionId, identity: &str) -> Result<(), StorageError> {
+        Ok(self.db.put_cf(self.cf(p)?, LOG_IDENTITY, identity)?)
+    }
+
+    /// Forgets everything of partition `p` and starts it over, empty, as applied from the log
+    /// `identity`: for a log that is not the one the copy was applied from.
+    pub fn reset(&self, p: PartitionId, identity: &str) -> Result<(), StorageError> {
+        let cf = self.cf(p)?;
+        let mut batch = WriteBatch::default();
+        // Every key starts with an ASCII letter.
+        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8].as_slice());
+        batch.put_cf(cf, LOG_IDENTITY, identity);
+        self.db.write(batch)?;
+        Ok(())
     }
 
     /// The outcome of an applied write, by request id.
@@ -201,6 +252,7 @@ impl Storage {
                     version: seq,
                 };
                 batch.put_cf(cf, record_key(&user.id), serde_json::to_vec(&stored)?);
+                batch.delete_cf(cf, tombstone_key(&user.id));
                 batch.put_cf(cf, group_key(user.group, &user.id), []);
                 match group_deltas.first_mut() {
                     Some((g, d)) if *g == user.group => *d += 1,
@@ -208,7 +260,10 @@ impl Storage {
                 }
                 total += 1;
             }
-            None => batch.delete_cf(cf, record_key(&entry.id)),
+            None => {
+                batch.delete_cf(cf, record_key(&entry.id));
+                batch.put_cf(cf, tombstone_key(&entry.id), seq.to_be_bytes());
+            }
         }
         let reply = entry.outcome(seq);
         for (group, delta) in group_deltas.into_iter().filter(|(_, d)| *d != 0) {
@@ -224,7 +279,11 @@ impl Storage {
             request_key(&entry.request_id),
             serde_json::to_vec(&reply)?,
         );
-        batch.put_cf(cf, outcome_order_key(seq), entry.request_id.as_bytes());
+        batch.put_cf(
+            cf,
+            outcome_order_key(seq),
+            outcome_order_value(&entry.request_id),
+        );
         batch.put_cf(cf, APPLIED, seq.to_be_bytes());
         self.db.write(batch)?;
         Ok(Some(reply))
@@ -252,23 +311,23 @@ impl Storage {
         let cf = self.cf(p)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, request_key(request_id), serde_json::to_vec(reply)?);
-        batch.put_cf(cf, outcome_order_key(seq), request_id.as_bytes());
+        batch.put_cf(cf, outcome_order_key(seq), outcome_order_value(request_id));
         Ok(self.db.write(batch)?)
     }
 
-    /// Forgets the outcomes of writes more than `keep` sequences behind the applied one, at
-    /// most `budget` of them per call; returns how many it forgot. Retries that old are then
-    /// recognised only within JetStream's duplicate window.
+    /// Forgets the outcomes of writes applied before `older_than` (Unix ms) or more than `keep`
+    /// sequences behind the applied one, at most `budget` of them per call, oldest first;
+    /// returns how many it forgot. Retries that old are then recognised only within
+    /// JetStream's duplicate window.
     pub fn prune_outcomes(
         &self,
         p: PartitionId,
+        older_than: u64,
         keep: u64,
         budget: usize,
     ) -> Result<usize, StorageError> {
         let cf = self.cf(p)?;
-        let Some(cutoff) = self.applied(p)?.checked_sub(keep) else {
-            return Ok(0);
-        };
+        let cutoff = self.applied(p)?.saturating_sub(keep);
         let mut batch = WriteBatch::default();
         let mut pruned = 0;
         let start = outcome_order_key(0);
@@ -276,15 +335,16 @@ impl Storage {
             .db
             .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
         {
-            let (key, request_id) = item?;
+            let (key, value) = item?;
             let Some(seq) = key.strip_prefix(&b"o"[..]) else {
                 break;
             };
-            if be64(Some(seq)) > cutoff || pruned == budget {
+            let (at, request_id) = value.split_at(8.min(value.len()));
+            if pruned == budget || (be64(Some(seq)) > cutoff && be64(Some(at)) >= older_than) {
                 break;
             }
             batch.delete_cf(cf, &key);
-            batch.delete_cf(cf, [&b"q"[..], &request_id].concat());
+            batch.delete_cf(cf, [&b"q"[..], request_id].concat());
             pruned += 1;
         }
         self.db.write(batch)?;

@@ -199,9 +199,9 @@ fn old_outcomes_are_pruned_in_log_order() {
         storage.apply(0, seq, &entry).unwrap();
     }
     // Keep the outcomes of the last 2 sequences (5 and 6): 1..=4 go, 2 at most per call.
-    assert_eq!(storage.prune_outcomes(0, 2, 2).unwrap(), 2);
-    assert_eq!(storage.prune_outcomes(0, 2, 100).unwrap(), 2);
-    assert_eq!(storage.prune_outcomes(0, 2, 100).unwrap(), 0);
+    assert_eq!(storage.prune_outcomes(0, 0, 2, 2).unwrap(), 2);
+    assert_eq!(storage.prune_outcomes(0, 0, 2, 100).unwrap(), 2);
+    assert_eq!(storage.prune_outcomes(0, 0, 2, 100).unwrap(), 0);
     for gone in ["r1", "r2", "r3", "r4"] {
         assert_eq!(storage.outcome(0, gone).unwrap(), None, "{gone}");
     }
@@ -212,7 +212,65 @@ fn old_outcomes_are_pruned_in_log_order() {
     assert!(storage.outcome(0, "r6").unwrap().is_some());
     // Records, counts and the applied sequence are untouched.
     assert_final_state(&storage);
-    assert_eq!(storage.prune_outcomes(0, 100, 100).unwrap(), 0);
+    assert_eq!(storage.prune_outcomes(0, 0, 100, 100).unwrap(), 0);
+}
+
+#[test]
+fn outcomes_older_than_the_retention_are_pruned_whatever_their_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    for (seq, entry) in history() {
+        storage.apply(0, seq, &entry).unwrap();
+    }
+    let now = protocol::timing::now_ms();
+    // Every outcome is younger than an hour ago: the age rule keeps them all.
+    assert_eq!(
+        storage
+            .prune_outcomes(0, now - 3_600_000, 100, 100)
+            .unwrap(),
+        0
+    );
+    // Every outcome was applied before a moment from now: all go, in batches.
+    assert_eq!(storage.prune_outcomes(0, now + 1_000, 100, 4).unwrap(), 4);
+    assert_eq!(storage.prune_outcomes(0, now + 1_000, 100, 100).unwrap(), 2);
+    assert_eq!(storage.outcome(0, "r6").unwrap(), None);
+    assert_final_state(&storage);
+}
+
+#[test]
+fn a_deleted_record_keeps_the_sequence_of_its_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    assert_eq!(storage.state(0, "a").unwrap(), (0, None), "never written");
+    storage.apply(0, 1, &put("a", 1, "r1")).unwrap();
+    assert_eq!(storage.state(0, "a").unwrap().0, 1);
+    storage.apply(0, 2, &tombstone("a", "r2")).unwrap();
+    assert_eq!(
+        storage.state(0, "a").unwrap(),
+        (2, None),
+        "the tombstone's sequence"
+    );
+    storage.apply(0, 3, &put("a", 4, "r3")).unwrap();
+    let (seq, record) = storage.state(0, "a").unwrap();
+    assert_eq!((seq, record.map(|u| u.group)), (3, Some(4)));
+}
+
+#[test]
+fn a_reset_forgets_the_partition_and_records_the_new_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    for (seq, entry) in history() {
+        storage.apply(0, seq, &entry).unwrap();
+    }
+    storage.set_log_identity(0, "old").unwrap();
+    storage.reset(0, "new").unwrap();
+    assert_eq!(storage.applied(0).unwrap(), 0);
+    assert_eq!(storage.count(0, None).unwrap(), 0);
+    assert_eq!(storage.scan(0, None, 10, None).unwrap(), (vec![], false));
+    assert_eq!(storage.outcome(0, "r1").unwrap(), None);
+    assert_eq!(storage.log_identity(0).unwrap().as_deref(), Some("new"));
+    // It applies from the new log's first entry on.
+    assert!(storage.apply(0, 1, &put("a", 1, "n1")).unwrap().is_some());
 }
 
 #[test]

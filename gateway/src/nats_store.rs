@@ -9,8 +9,8 @@ use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::{
-    subjects, Answer, CountRequest, GetRequest, Op, PartitionId, PartitionMap, ProtocolError,
-    Reply, Role, ScanRequest, VersionedUser, WriteKind, WriteRequest,
+    subjects, timing, Answer, CountRequest, GetRequest, Op, PartitionId, PartitionMap,
+    ProtocolError, Reply, Response, Role, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
 
 use crate::config::ReadFrom;
@@ -26,8 +26,10 @@ pub struct NatsStore {
     timeout: Duration,
     read_from: ReadFrom,
     presence: Arc<PresenceTable>,
-    /// Per partition, the highest sequence this gateway has acknowledged to a client.
-    acked: Vec<AtomicU64>,
+    /// Per partition, the highest log sequence any answer this gateway received was based on
+    /// (write acknowledgements, verified refusals, reads): no later read through this gateway
+    /// is served by a copy behind it.
+    seen: Vec<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -41,14 +43,14 @@ impl NatsStore {
         presence: Arc<PresenceTable>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let acked = map.all().map(|_| AtomicU64::new(0)).collect();
+        let seen = map.all().map(|_| AtomicU64::new(0)).collect();
         Self {
             client,
             map,
             timeout,
             read_from,
             presence,
-            acked,
+            seen,
             metrics,
         }
     }
@@ -71,23 +73,47 @@ impl NatsStore {
         roles
     }
 
-    /// Sends one request per partition, concurrently, each with that partition's
-    /// read-your-writes sequence; fails if any partition cannot be reached.
+    /// The read-your-writes floor of partition `p`.
+    fn floor(&self, p: PartitionId) -> u64 {
+        self.seen[p as usize].load(Ordering::Acquire)
+    }
+
+    /// Raises the floor of `p` to what `answer` (based on the log up to `seen`) showed.
+    fn saw(&self, p: PartitionId, seen: u64, answer: &Answer) {
+        let version = match answer {
+            Ok(reply) => reply.version().unwrap_or(0),
+            Err(ProtocolError::PreconditionFailed { current }) => *current,
+            Err(_) => 0,
+        };
+        self.seen[p as usize].fetch_max(seen.max(version), Ordering::AcqRel);
+    }
+
+    /// Sends one request per partition, concurrently, each built by `request(floor,
+    /// deadline)`; fails if any partition cannot be reached.
     async fn scatter(
         &self,
         op: Op,
-        request: impl Fn(u64) -> Vec<u8>,
+        request: impl Fn(u64, u64) -> Vec<u8>,
     ) -> Result<Vec<Answer>, TransportError> {
+        let request = &request;
         let calls = self.map.all().map(|p| {
-            let min_seq = self.acked[p as usize].load(Ordering::Acquire);
-            self.call(p, op, request(min_seq).into())
+            self.call(p, op, move |deadline| {
+                request(self.floor(p), deadline).into()
+            })
         });
         futures::future::join_all(calls).await.into_iter().collect()
     }
 
-    /// Sends `payload` to the copies of `p` in turn until one answers, within the request
-    /// timeout. "Behind" and "unavailable" answers also move on to the next copy.
-    async fn call(&self, p: PartitionId, op: Op, payload: Bytes) -> Result<Answer, TransportError> {
+    /// Sends the request `payload(deadline)` to the copies of `p` in turn until one answers,
+    /// within the request timeout; each attempt carries the deadline after which this gateway
+    /// stops waiting for it, so that a copy reading it later (after a pause) drops it. "Behind"
+    /// and "unavailable" answers also move on to the next copy.
+    async fn call(
+        &self,
+        p: PartitionId,
+        op: Op,
+        mut payload: impl FnMut(u64) -> Bytes,
+    ) -> Result<Answer, TransportError> {
         let deadline = Instant::now() + self.timeout;
         let targets = self.targets(p, op);
         let mut failure = TransportError::NoResponders;
@@ -100,7 +126,7 @@ impl NatsStore {
             let share = remaining / (targets.len() - i) as u32;
             let started = Instant::now();
             let request = async_nats::Request::new()
-                .payload(payload.clone())
+                .payload(payload(timing::deadline_in(share)))
                 .timeout(Some(share));
             let outcome = self
                 .client
@@ -111,13 +137,15 @@ impl NatsStore {
                     .observe_nats(op.as_str(), role.as_str(), outcome, started)
             };
             match outcome {
-                Ok(message) => match serde_json::from_slice::<Answer>(&message.payload) {
-                    Ok(Err(ProtocolError::Behind { .. } | ProtocolError::Unavailable(_)))
-                        if !last =>
-                    {
+                Ok(message) => match serde_json::from_slice::<Response>(&message.payload) {
+                    Ok(Response {
+                        answer: Err(ProtocolError::Behind { .. } | ProtocolError::Unavailable(_)),
+                        ..
+                    }) if !last => {
                         observe("retry");
                     }
-                    Ok(answer) => {
+                    Ok(Response { answer, seen }) => {
+                        self.saw(p, seen, &answer);
                         observe(if answer.is_ok() { "ok" } else { "refused" });
                         return Ok(answer);
                     }
@@ -169,14 +197,16 @@ impl Store for NatsStore {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<VersionedUser>> {
         Box::pin(async move {
             let p = self.map.partition_of(id);
-            let min_seq = self.acked[p as usize].load(Ordering::Acquire);
-            let request = GetRequest {
-                id: id.to_owned(),
-                min_seq,
+            let payload = |deadline| {
+                let request = GetRequest {
+                    id: id.to_owned(),
+                    min_seq: self.floor(p),
+                    deadline,
+                };
+                serde_json::to_vec(&request)
+                    .expect("requests serialise")
+                    .into()
             };
-            let payload = serde_json::to_vec(&request)
-                .expect("requests serialise")
-                .into();
             Ok(self
                 .call(p, Op::Get, payload)
                 .await?
@@ -191,15 +221,18 @@ impl Store for NatsStore {
         Box::pin(async move {
             let p = self.map.partition_of(kind.id());
             let op = op_of(&kind);
-            let request = WriteRequest { request_id, kind };
-            let payload = serde_json::to_vec(&request)
-                .expect("requests serialise")
-                .into();
-            let answer = self.call(p, op, payload).await?;
-            if let Some(version) = answer.as_ref().ok().and_then(Reply::version) {
-                self.acked[p as usize].fetch_max(version, Ordering::AcqRel);
-            }
-            Ok(answer)
+            let mut request = WriteRequest {
+                request_id,
+                deadline: 0,
+                kind,
+            };
+            let payload = |deadline| {
+                request.deadline = deadline;
+                serde_json::to_vec(&request)
+                    .expect("requests serialise")
+                    .into()
+            };
+            self.call(p, op, payload).await
         })
     }
 
@@ -211,12 +244,13 @@ impl Store for NatsStore {
     ) -> BoxFuture<'_, StoreResult<Page>> {
         Box::pin(async move {
             let answers = self
-                .scatter(Op::Scan, |min_seq| {
+                .scatter(Op::Scan, |min_seq, deadline| {
                     let request = ScanRequest {
                         after: after.clone(),
                         limit,
                         group,
                         min_seq,
+                        deadline,
                     };
                     serde_json::to_vec(&request).expect("requests serialise")
                 })
@@ -236,9 +270,13 @@ impl Store for NatsStore {
     fn count(&self, group: Option<u32>) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
             let answers = self
-                .scatter(Op::Count, |min_seq| {
-                    serde_json::to_vec(&CountRequest { group, min_seq })
-                        .expect("requests serialise")
+                .scatter(Op::Count, |min_seq, deadline| {
+                    let request = CountRequest {
+                        group,
+                        min_seq,
+                        deadline,
+                    };
+                    serde_json::to_vec(&request).expect("requests serialise")
                 })
                 .await?;
             let mut total = 0;
@@ -258,13 +296,18 @@ impl Store for NatsStore {
             if self.client.connection_state() != async_nats::connection::State::Connected {
                 return false;
             }
-            let probe = serde_json::to_vec(&GetRequest {
-                id: String::new(),
-                min_seq: 0,
-            })
-            .expect("requests serialise");
+            let probe = |deadline| {
+                let request = GetRequest {
+                    id: String::new(),
+                    min_seq: 0,
+                    deadline,
+                };
+                serde_json::to_vec(&request)
+                    .expect("requests serialise")
+                    .into()
+            };
             for p in self.map.all() {
-                if self.call(p, Op::Get, probe.clone().into()).await.is_err() {
+                if self.call(p, Op::Get, probe).await.is_err() {
                     return false;
                 }
             }

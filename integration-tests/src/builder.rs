@@ -17,6 +17,7 @@ pub struct ClusterBuilder {
     gateway: bool,
     ready_timeout: Duration,
     auth: bool,
+    dbnode_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterBuilder {
@@ -29,6 +30,7 @@ impl Default for ClusterBuilder {
             gateway: true,
             ready_timeout: Duration::from_secs(30),
             auth: true,
+            dbnode_env: Vec::new(),
         }
     }
 }
@@ -71,6 +73,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// One more environment variable for every dbnode (e.g. `DUPLICATE_WINDOW_SECS`).
+    pub fn dbnode_env(mut self, key: &str, value: impl ToString) -> Self {
+        self.dbnode_env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
     /// An open nats-server (no users, no permissions) instead of one with `nats.conf`.
     pub fn without_auth(mut self) -> Self {
         self.auth = false;
@@ -109,7 +117,10 @@ impl ClusterBuilder {
             .map(|i| {
                 let data = dir.join(format!("db-{i}"));
                 let log = logs.join(format!("db-{i}.log"));
-                let node = DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions);
+                let mut node = DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions);
+                for (key, value) in &self.dbnode_env {
+                    node = node.with_env(key, value);
+                }
                 match nats.auth() {
                     Some(auth) => node.with_nats_user(&auth.dbnode),
                     None => node,

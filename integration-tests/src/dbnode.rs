@@ -57,6 +57,15 @@ impl DbNode {
         }
     }
 
+    /// Sets one more environment variable (e.g. `DUPLICATE_WINDOW_SECS`). Call before the
+    /// first start.
+    pub fn with_env(self, key: &str, value: &str) -> DbNode {
+        DbNode {
+            proc: self.proc.env(key, value),
+            ..self
+        }
+    }
+
     /// The node index `i` of `db-i`.
     pub fn index(&self) -> u32 {
         self.index

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use protocol::{
     subjects, Answer, CountRequest, GetRequest, LogEntry, NodeId, NodeState, Op, PartitionId,
-    Presence, Role,
+    Presence, Response, Role,
 };
 use tokio::time::Instant;
 
@@ -40,6 +40,7 @@ impl CopyReader {
         let request = GetRequest {
             id: id.to_owned(),
             min_seq: 0,
+            deadline: 0,
         };
         self.ask(
             Op::Get,
@@ -50,7 +51,11 @@ impl CopyReader {
 
     /// The copy's count of records, in total or in one group.
     pub async fn count(&self, group: Option<u32>) -> Answer {
-        let request = CountRequest { group, min_seq: 0 };
+        let request = CountRequest {
+            group,
+            min_seq: 0,
+            deadline: 0,
+        };
         self.ask(
             Op::Count,
             serde_json::to_vec(&request).expect("requests serialise"),
@@ -68,12 +73,14 @@ impl CopyReader {
             let call = self.client.request(subject.clone(), payload.clone().into());
             match tokio::time::timeout(ASK_TIMEOUT, call).await {
                 Ok(Ok(msg)) => {
-                    return serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
-                        panic!(
-                            "{subject}: not an answer ({e}): {}",
-                            String::from_utf8_lossy(&msg.payload)
-                        )
-                    })
+                    let response: Response =
+                        serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
+                            panic!(
+                                "{subject}: not an answer ({e}): {}",
+                                String::from_utf8_lossy(&msg.payload)
+                            )
+                        });
+                    return response.answer;
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),

@@ -25,9 +25,11 @@
 
 mod auth;
 mod builder;
+pub mod checker;
 mod cluster;
 mod dbnode;
 mod gateway;
+pub mod history;
 mod http;
 mod inspect;
 mod nats;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use integration_tests::{eventually, expect, user_path, NatsAuth};
 use protocol::partition::partition_of;
-use protocol::{subjects, Answer, GetRequest, Op, Reply, Role, User};
+use protocol::{subjects, GetRequest, Op, Reply, Response, Role, User};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use testcontainers::core::{IntoContainerPort, WaitFor};
@@ -212,6 +212,7 @@ impl Deployment {
             let payload = serde_json::to_vec(&GetRequest {
                 id: user.id.clone(),
                 min_seq: 0,
+                deadline: 0,
             })
             .expect("a get request serialises");
             let reply = eventually(Duration::from_secs(10), || async {
@@ -223,8 +224,8 @@ impl Deployment {
                 Some(msg.payload)
             })
             .await;
-            let answer: Answer = serde_json::from_slice(&reply).expect("an answer");
-            match answer {
+            let response: Response = serde_json::from_slice(&reply).expect("an answer");
+            match response.answer {
                 Ok(Reply::User(found)) => assert_eq!(found.user, user, "{subject}"),
                 other => panic!("{subject} for {:?}: {other:?}", user.id),
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use integration_tests::{expect, expect_problem, send, Cluster, ReadFrom};
 use protocol::partition::partition_of;
-use protocol::{subjects, Answer, CountRequest, Op, Reply, Role, User};
+use protocol::{subjects, CountRequest, Op, Reply, Response, Role, User};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -342,14 +342,22 @@ async fn assert_copies_count(cluster: &Cluster, model: &Model, max_group: u32) {
                     .filter(|u| group.is_none_or(|g| u.group == g))
                     .count() as u64;
                 let subject = subjects::request(p, role, Op::Count);
-                let payload = serde_json::to_vec(&CountRequest { group, min_seq: 0 }).unwrap();
+                let payload = serde_json::to_vec(&CountRequest {
+                    group,
+                    min_seq: 0,
+                    deadline: 0,
+                })
+                .unwrap();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
                     let call = client.request(subject.clone(), payload.clone().into());
                     let answer = match tokio::time::timeout(Duration::from_secs(2), call).await {
-                        Ok(Ok(msg)) => match serde_json::from_slice::<Answer>(&msg.payload) {
-                            Ok(Ok(Reply::Count { count })) if count == want => break,
-                            Ok(answer) => format!("{answer:?}"),
+                        Ok(Ok(msg)) => match serde_json::from_slice::<Response>(&msg.payload) {
+                            Ok(Response {
+                                answer: Ok(Reply::Count { count }),
+                                ..
+                            }) if count == want => break,
+                            Ok(response) => format!("{:?}", response.answer),
                             Err(e) => format!("not an answer: {e}"),
                         },
                         Ok(Err(e)) => format!("request failed: {e}"),

@@ -5,6 +5,7 @@
 //! - [`partition`]: the stable partition hash and the partition → node map;
 //! - [`subjects`]: every NATS subject and JetStream stream name;
 //! - [`messages`]: request, reply and log-entry types carried over NATS;
+//! - [`timing`]: request deadlines that cross NATS;
 //! - [`error`]: [`ProtocolError`], the errors a dbnode answers with.
 
 pub mod decide;
@@ -12,12 +13,13 @@ pub mod error;
 pub mod messages;
 pub mod partition;
 pub mod subjects;
+pub mod timing;
 pub mod user;
 
 pub use error::{FieldError, ProtocolError};
 pub use messages::{
     Answer, CountRequest, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply,
-    ScanRequest, VersionedUser, WriteKind, WriteRequest,
+    Response, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
 pub use partition::{NodeId, PartitionId, PartitionMap, Role};
 pub use subjects::Op;

@@ -13,6 +13,10 @@ pub struct GetRequest {
     /// waits briefly and then answers [`ProtocolError::Behind`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
+    /// later drops it. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deadline: u64,
 }
 
 /// `…{role}.scan`: up to `limit` records with ids after `after`, in bytewise id order.
@@ -29,6 +33,10 @@ pub struct ScanRequest {
     /// Read-your-writes, as in [`GetRequest`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
+    /// later drops it. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deadline: u64,
 }
 
 /// `…{role}.count`: the number of records, in total or in one group.
@@ -40,6 +48,10 @@ pub struct CountRequest {
     /// Read-your-writes, as in [`GetRequest`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
+    /// later drops it. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deadline: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -91,6 +103,10 @@ impl WriteKind {
 pub struct WriteRequest {
     /// Unique per logical request (UUID, or derived from an `Idempotency-Key`).
     pub request_id: String,
+    /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
+    /// later drops it. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deadline: u64,
     /// The change.
     #[serde(flatten)]
     pub kind: WriteKind,
@@ -142,8 +158,27 @@ impl Reply {
     }
 }
 
-/// What a dbnode sends back for any request.
+/// What a dbnode answers to any request.
 pub type Answer = Result<Reply, ProtocolError>;
+
+/// The wire form of every dbnode answer: the answer and the partition-log sequence it was
+/// based on, so that the gateway never later reads from a copy that is behind what it has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// What the copy answered.
+    pub answer: Answer,
+    /// The log sequence the answer reflects: a write's commit, the version a refusal was
+    /// verified against, the sequence up to which a reading copy is consistent with the log.
+    #[serde(default)]
+    pub seen: u64,
+}
+
+impl Response {
+    /// An answer based on the log up to `seen`.
+    pub fn new(answer: Answer, seen: u64) -> Self {
+        Self { answer, seen }
+    }
+}
 
 /// One message of a partition's log: the full resulting record or a tombstone. Its version is
 /// the message's stream sequence.
@@ -217,6 +252,7 @@ mod tests {
     fn write_requests_are_flat_json() {
         let req = WriteRequest {
             request_id: "r1".into(),
+            deadline: 0,
             kind: WriteKind::Delete {
                 id: "a.b".into(),
                 if_match: Some(4),

@@ -1,0 +1,229 @@
+//! One hosted partition: its local copy in RocksDB, its log, and three parts that never share
+//! mutable state — the [`writer`] (one task owns every write), the [`tailer`] (the only code
+//! that applies log entries to storage, in log order) and the reads below.
+//!
+//! Two sequences describe the copy: `applied`, the last log entry stored, and `readable`, the
+//! sequence up to which the copy is known to equal the log. They differ while the tailer
+//! crosses a gap (entries superseded by newer writes to the same record before it read them):
+//! until it reaches the log's end as it was when it saw the gap, a read could miss an
+//! acknowledged write, so reads wait for `readable`.
+
+mod tailer;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{
+    timing, CountRequest, GetRequest, NodeId, PartitionId, PresencePartition, ProtocolError, Reply,
+    Response, Role, ScanRequest, WriteRequest,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::log::{LogError, PartitionLog};
+use crate::storage::{Storage, StorageError};
+
+pub(crate) use writer::Writer;
+
+/// How long a read waits for the sequence it was asked for before answering `Behind`.
+const READ_WAIT: Duration = Duration::from_millis(150);
+/// How long a committed write waits for its local apply before answering anyway.
+const APPLY_WAIT: Duration = Duration::from_millis(250);
+/// The largest page a scan returns.
+const MAX_PAGE: u32 = 1000;
+
+impl From<StorageError> for ProtocolError {
+    fn from(e: StorageError) -> Self {
+        ProtocolError::Internal(e.to_string())
+    }
+}
+
+/// A partition hosted by this node.
+pub struct Partition {
+    /// Which partition.
+    pub id: PartitionId,
+    /// Our role for it.
+    pub role: Role,
+    storage: Storage,
+    log: PartitionLog,
+    applied: watch::Sender<u64>,
+    readable: watch::Sender<u64>,
+    lag: AtomicU64,
+    writer: Writer,
+}
+
+impl Partition {
+    /// A partition backed by `storage` and `log`, at the sequence storage has applied, with
+    /// its writer task started.
+    pub fn new(
+        id: PartitionId,
+        role: Role,
+        node: NodeId,
+        storage: Storage,
+        log: PartitionLog,
+    ) -> Result<Self, StorageError> {
+        let applied = watch::Sender::new(storage.applied(id)?);
+        // Nothing is readable before the first catch-up has reached the log's end.
+        let readable = watch::Sender::new(0);
+        let (writer, _task) = Writer::spawn(
+            id,
+            node,
+            storage.clone(),
+            Arc::new(log.clone()),
+            applied.subscribe(),
+        );
+        Ok(Self {
+            id,
+            role,
+            storage,
+            log,
+            applied,
+            readable,
+            lag: AtomicU64::new(0),
+            writer,
+        })
+    }
+
+    /// The last applied log sequence.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// The sequence up to which this copy equals the log.
+    pub fn readable(&self) -> u64 {
+        *self.readable.borrow()
+    }
+
+    /// Role, applied sequence and lag, for presence.
+    pub fn status(&self) -> PresencePartition {
+        PresencePartition {
+            partition: self.id,
+            role: self.role,
+            applied: self.applied(),
+            lag: self.lag.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until everything in the log when called is applied and readable, or `shutdown`.
+    pub async fn catch_up(&self, shutdown: &CancellationToken) -> Result<(), LogError> {
+        let last = self.log.last_sequence().await?;
+        info!(
+            partition = self.id,
+            from = self.applied(),
+            to = last,
+            "catching up"
+        );
+        let mut readable = self.readable.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = readable.wait_for(|&r| r >= last) => {}
+        }
+        Ok(())
+    }
+
+    /// Waits up to `wait` until `seq` is readable. True if it is.
+    async fn wait_readable(&self, seq: u64, wait: Duration) -> bool {
+        let mut rx = self.readable.subscribe();
+        let reached = tokio::time::timeout(wait, rx.wait_for(|&r| r >= seq)).await;
+        reached.is_ok()
+    }
+
+    /// Read-your-writes: waits briefly for `min_seq` to be readable, else answers `Behind`.
+    /// Returns the readable sequence the read is served at.
+    async fn ensure_readable(&self, min_seq: u64, deadline: u64) -> Result<u64, ProtocolError> {
+        let Some(left) = timing::remaining(deadline) else {
+            return Err(ProtocolError::Unavailable(
+                "the request's deadline passed".into(),
+            ));
+        };
+        let readable = self.readable();
+        if readable >= min_seq {
+            return Ok(readable);
+        }
+        if self.wait_readable(min_seq, READ_WAIT.min(left)).await {
+            return Ok(self.readable());
+        }
+        Err(ProtocolError::Behind {
+            applied: self.readable(),
+        })
+    }
+
+    /// Serves a read from the local copy.
+    pub async fn get(&self, req: GetRequest) -> Response {
+        self.read(req.min_seq, req.deadline, || {
+            match self.storage.get(self.id, &req.id)? {
+                Some(found) => Ok(Reply::User(found)),
+                None => Err(ProtocolError::NotFound),
+            }
+        })
+        .await
+    }
+
+    /// Serves a page of a LIST from the local copy.
+    pub async fn scan(&self, req: ScanRequest) -> Response {
+        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        self.read(req.min_seq, req.deadline, || {
+            let (items, more) =
+                self.storage
+                    .scan(self.id, req.after.as_deref(), limit, req.group)?;
+            Ok(Reply::Page { items, more })
+        })
+        .await
+    }
+
+    /// Serves a COUNT from the counters kept with the records.
+    pub async fn count(&self, req: CountRequest) -> Response {
+        self.read(req.min_seq, req.deadline, || {
+            Ok(Reply::Count {
+                count: self.storage.count(self.id, req.group)?,
+            })
+        })
+        .await
+    }
+
+    /// Runs `read` on the local copy once it is readable at `min_seq`; the answer names the
+    /// readable sequence it reflects.
+    async fn read(
+        &self,
+        min_seq: u64,
+        deadline: u64,
+        read: impl FnOnce() -> Result<Reply, ProtocolError>,
+    ) -> Response {
+        match self.ensure_readable(min_seq, deadline).await {
+            Ok(seen) => Response::new(read(), seen),
+            Err(e) => Response::new(Err(e), 0),
+        }
+    }
+
+    /// Performs a write through the partition's writer. A committed write is answered once
+    /// this copy has applied it (or after a short wait), so reads here that follow it need not
+    /// wait.
+    pub async fn write(&self, request: WriteRequest) -> Response {
+        let deadline = request.deadline;
+        let response = self.writer.write(request).await;
+        if response.answer.is_ok() && self.readable() < response.seen {
+            let left = timing::remaining(deadline).unwrap_or_default();
+            self.wait_readable(response.seen, APPLY_WAIT.min(left))
+                .await;
+        }
+        response
+    }
+
+    /// Forgets request outcomes applied before `older_than` (Unix ms) or more than `keep`
+    /// writes ago, a bounded batch at a time; returns how many it forgot.
+    pub fn prune_outcomes(&self, older_than: u64, keep: u64) -> Result<usize, StorageError> {
+        self.storage
+            .prune_outcomes(self.id, older_than, keep, PRUNE_BATCH)
+    }
+
+    /// Applies the log to the local copy until `shutdown` ([`tailer`]).
+    pub async fn tail(self: Arc<Self>, shutdown: CancellationToken) {
+        tailer::run(self, shutdown).await
+    }
+}
+
+/// How many outcomes one pruning pass forgets at most.
+pub const PRUNE_BATCH: usize = 10_000;

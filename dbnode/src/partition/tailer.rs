@@ -1,0 +1,209 @@
+//! The tailer (DESIGN.md "Write path", steps 3, 5 and 6): the only code that applies log
+//! entries to the local copy, in log order, each in one `WriteBatch` with its sequence.
+//!
+//! - **Gaps.** The log keeps one entry per record, so an entry superseded before the tailer
+//!   read it is gone: the consumer jumps over it. Up to the log's end as it was at the jump,
+//!   the copy may miss an acknowledged write, so `readable` stays behind until the tailer has
+//!   applied that far.
+//! - **Identity.** The copy records the identity of the log it applies (the stream's creation
+//!   time). A log that is not the one it knew — recreated, or shorter than what the copy has
+//!   applied (a NATS host that lost its unsynced tail) — makes the copy start over from the
+//!   log, instead of wedging on sequences that never come or dropping new entries as applied.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use protocol::LogEntry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Partition;
+use crate::log::LogState;
+use crate::storage::StorageError;
+
+/// How often a tailer checks that the log is still the one it applies.
+const IDENTITY_CHECK: Duration = Duration::from_secs(2);
+/// How long a tailer waits before trying again when the log cannot be read.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Applies the log to `partition`'s copy until `shutdown`.
+pub(super) async fn run(partition: Arc<Partition>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let Some((state, _)) = check_identity(&partition).await else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => continue,
+            }
+        };
+        if tail(&partition, state, &shutdown).await.is_err() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+}
+
+/// Compares the log with the one the copy was applied from, starts the copy over if it is
+/// another, and returns the log's state and whether the copy started over; `None` if the log
+/// cannot be read.
+async fn check_identity(partition: &Partition) -> Option<(LogState, bool)> {
+    let p = partition.id;
+    // Applied first: the log's end, read after, can only be at or past it.
+    let applied = partition.applied();
+    let state = match partition.log.state().await {
+        Ok(state) => state,
+        Err(e) => {
+            warn!(partition = p, error = %e, "cannot read the log's state; retrying");
+            return None;
+        }
+    };
+    let known = match partition.storage.log_identity(p) {
+        Ok(known) => known,
+        Err(e) => {
+            warn!(partition = p, error = %e, "cannot read the copy's log identity");
+            return None;
+        }
+    };
+    let mut reset_copy = false;
+    let result = match known {
+        None => partition.storage.set_log_identity(p, &state.identity),
+        Some(known) if known == state.identity && state.last >= applied => Ok(()),
+        Some(known) => {
+            warn!(
+                partition = p,
+                applied,
+                log_end = state.last,
+                known,
+                log = state.identity,
+                "the log is not the one this copy was applied from; rebuilding from it"
+            );
+            reset_copy = true;
+            reset(partition, &state.identity)
+        }
+    };
+    match result {
+        Ok(()) => Some((state, reset_copy)),
+        Err(e) => {
+            warn!(partition = p, error = %e, "cannot record the log identity");
+            None
+        }
+    }
+}
+
+fn reset(partition: &Partition, identity: &str) -> Result<(), StorageError> {
+    partition.storage.reset(partition.id, identity)?;
+    partition.readable.send_replace(0);
+    partition.applied.send_replace(0);
+    Ok(())
+}
+
+/// Why a tail session ended early.
+struct Retail;
+
+/// One consumer session, from the applied sequence on, until an error, a changed log or
+/// `shutdown`.
+async fn tail(
+    partition: &Partition,
+    state: LogState,
+    shutdown: &CancellationToken,
+) -> Result<(), Retail> {
+    let p = partition.id;
+    let from = partition.applied() + 1;
+    let mut entries = match partition.log.tail(from).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            warn!(partition = p, error = %e, "cannot tail the log; retrying");
+            return Err(Retail);
+        }
+    };
+    debug!(partition = p, from, "tailing the log");
+    // Entries up to the log's end may have been superseded before this session reads them.
+    let mut gap_until = Some(state.last);
+    settle(partition, &mut gap_until);
+    let mut check = tokio::time::interval(IDENTITY_CHECK);
+    check.tick().await;
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = check.tick() => match check_identity(partition).await {
+                Some((now, false)) if now.identity == state.identity => continue,
+                Some(_) => {
+                    info!(partition = p, "re-tailing a changed log");
+                    return Err(Retail);
+                }
+                None => continue,
+            },
+            item = entries.next() => item,
+        };
+        let message = match item {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                debug!(partition = p, error = %e, "log consumer hiccup");
+                continue;
+            }
+            None => return Err(Retail),
+        };
+        let Ok(info) = message.info() else { continue };
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        partition.lag.store(pending, Ordering::Relaxed);
+        let applied = partition.applied();
+        if seq <= applied {
+            continue;
+        }
+        if seq > applied + 1 && gap_until.is_none() {
+            match partition.log.last_sequence().await {
+                Ok(last) => {
+                    debug!(
+                        partition = p,
+                        applied, seq, last, "gap in the log; reads wait for its end"
+                    );
+                    gap_until = Some(last);
+                }
+                Err(e) => {
+                    warn!(partition = p, error = %e, "cannot read the log's end; re-tailing");
+                    return Err(Retail);
+                }
+            }
+        }
+        if let Err(e) = apply(partition, seq, &message.payload) {
+            warn!(partition = p, seq, error = %e, "apply failed; re-tailing");
+            return Err(Retail);
+        }
+        settle(partition, &mut gap_until);
+    }
+}
+
+/// Moves `readable` up to `applied` unless a gap is still open.
+fn settle(partition: &Partition, gap_until: &mut Option<u64>) {
+    let applied = partition.applied();
+    if gap_until.is_some_and(|end| applied >= end) {
+        *gap_until = None;
+    }
+    if gap_until.is_none() {
+        partition.readable.send_if_modified(|r| {
+            let moved = applied > *r;
+            *r = (*r).max(applied);
+            moved
+        });
+    }
+}
+
+/// Applies entry `seq`; an entry that does not decode (nothing ringstore writes) is stepped
+/// over rather than stalling every later entry.
+fn apply(partition: &Partition, seq: u64, payload: &[u8]) -> Result<(), StorageError> {
+    let (p, storage) = (partition.id, &partition.storage);
+    let applied = match serde_json::from_slice::<LogEntry>(payload) {
+        Ok(entry) => storage.apply(p, seq, &entry)?.is_some(),
+        Err(e) => {
+            warn!(partition = p, seq, error = %e, "undecodable log entry; skipped");
+            storage.skip(p, seq)?
+        }
+    };
+    if applied {
+        partition.applied.send_replace(seq);
+    }
+    Ok(())
+}
