@@ -443,3 +443,7 @@ async fn committed_before<L: Log + ?Sized>(
         ))),
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;
