@@ -86,8 +86,9 @@ pub struct PartitionLog {
 /// The stream's identity and end, as the tailer checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogState {
-    /// The stream's creation time (ns since the epoch): a recreated stream has another.
-    pub identity: String,
+    /// The stream's creation time (ns since the Unix epoch): a recreated stream has another,
+    /// later one. Answers carry it as the log's *epoch*.
+    pub epoch: u64,
     /// The sequence of the newest entry (0 for an empty log).
     pub last: u64,
 }
@@ -158,7 +159,7 @@ impl PartitionLog {
             .map_err(unavailable)?;
         let info = stream.cached_info();
         Ok(LogState {
-            identity: info.created.unix_timestamp_nanos().to_string(),
+            epoch: info.created.unix_timestamp_nanos().max(0) as u64,
             last: info.state.last_sequence,
         })
     }

@@ -9,7 +9,7 @@
 //!   `o{seq:be64}` → when it was applied (Unix ms, be64) and its request id, so that old
 //!   outcomes can be pruned in log order;
 //! - `m/applied` → the last applied log sequence (be64); `m/log` → the identity of the log it
-//!   was applied from (the stream's creation time), so that a recreated log is noticed;
+//!   was applied from (the stream's creation time, be64), so that a recreated log is noticed;
 //! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
 //!
 //! Every log entry is applied as one `WriteBatch` holding all of these, so a crash never
@@ -137,25 +137,27 @@ impl Storage {
         Ok((be64(tombstone), None))
     }
 
-    /// The identity of the log partition `p` was applied from, if recorded.
-    pub fn log_identity(&self, p: PartitionId) -> Result<Option<String>, StorageError> {
+    /// The epoch (identity) of the log partition `p` was applied from, if recorded.
+    pub fn log_epoch(&self, p: PartitionId) -> Result<Option<u64>, StorageError> {
         let value = self.db.get_pinned_cf(self.cf(p)?, LOG_IDENTITY)?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(value.map(|v| be64(Some(v))))
     }
 
-    /// Records the identity of the log partition `p` is applied from.
-    pub fn set_log_identity(&self, p: PartitionId, identity: &str) -> Result<(), StorageError> {
-        Ok(self.db.put_cf(self.cf(p)?, LOG_IDENTITY, identity)?)
+    /// Records the epoch of the log partition `p` is applied from.
+    pub fn set_log_epoch(&self, p: PartitionId, epoch: u64) -> Result<(), StorageError> {
+        Ok(self
+            .db
+            .put_cf(self.cf(p)?, LOG_IDENTITY, epoch.to_be_bytes())?)
     }
 
     /// Forgets everything of partition `p` and starts it over, empty, as applied from the log
-    /// `identity`: for a log that is not the one the copy was applied from.
-    pub fn reset(&self, p: PartitionId, identity: &str) -> Result<(), StorageError> {
+    /// of `epoch`: for a log that is not the one the copy was applied from.
+    pub fn reset(&self, p: PartitionId, epoch: u64) -> Result<(), StorageError> {
         let cf = self.cf(p)?;
         let mut batch = WriteBatch::default();
         // Every key starts with an ASCII letter.
         batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8].as_slice());
-        batch.put_cf(cf, LOG_IDENTITY, identity);
+        batch.put_cf(cf, LOG_IDENTITY, epoch.to_be_bytes());
         self.db.write(batch)?;
         Ok(())
     }

@@ -262,13 +262,13 @@ fn a_reset_forgets_the_partition_and_records_the_new_log() {
     for (seq, entry) in history() {
         storage.apply(0, seq, &entry).unwrap();
     }
-    storage.set_log_identity(0, "old").unwrap();
-    storage.reset(0, "new").unwrap();
+    storage.set_log_epoch(0, 7).unwrap();
+    storage.reset(0, 8).unwrap();
     assert_eq!(storage.applied(0).unwrap(), 0);
     assert_eq!(storage.count(0, None).unwrap(), 0);
     assert_eq!(storage.scan(0, None, 10, None).unwrap(), (vec![], false));
     assert_eq!(storage.outcome(0, "r1").unwrap(), None);
-    assert_eq!(storage.log_identity(0).unwrap().as_deref(), Some("new"));
+    assert_eq!(storage.log_epoch(0).unwrap(), Some(8));
     // It applies from the new log's first entry on.
     assert!(storage.apply(0, 1, &put("a", 1, "n1")).unwrap().is_some());
 }

@@ -1,8 +1,7 @@
 //! The real [`Store`]: NATS request/reply to the dbnode that holds the record's partition,
 //! with failover to the other copy and read-your-writes (DESIGN.md "Read path", step 4).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, RequestErrorKind};
@@ -19,6 +18,14 @@ use crate::metrics::Metrics;
 use crate::presence::PresenceTable;
 use crate::store::{Store, StoreResult, TransportError};
 
+/// The newest log state of a partition that an answer to this gateway was based on, ordered
+/// by log epoch (a recreated log starts a new one), then sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Floor {
+    epoch: u64,
+    seq: u64,
+}
+
 /// Routes requests to dbnodes over NATS.
 pub struct NatsStore {
     client: Client,
@@ -29,7 +36,7 @@ pub struct NatsStore {
     /// Per partition, the highest log sequence any answer this gateway received was based on
     /// (write acknowledgements, verified refusals, reads): no later read through this gateway
     /// is served by a copy behind it.
-    seen: Vec<AtomicU64>,
+    floors: Vec<Mutex<Floor>>,
     metrics: Arc<Metrics>,
 }
 
@@ -43,14 +50,14 @@ impl NatsStore {
         presence: Arc<PresenceTable>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let seen = map.all().map(|_| AtomicU64::new(0)).collect();
+        let floors = map.all().map(|_| Mutex::default()).collect();
         Self {
             client,
             map,
             timeout,
             read_from,
             presence,
-            seen,
+            floors,
             metrics,
         }
     }
@@ -74,18 +81,27 @@ impl NatsStore {
     }
 
     /// The read-your-writes floor of partition `p`.
-    fn floor(&self, p: PartitionId) -> u64 {
-        self.seen[p as usize].load(Ordering::Acquire)
+    fn floor(&self, p: PartitionId) -> Floor {
+        *self.floors[p as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Raises the floor of `p` to what `answer` (based on the log up to `seen`) showed.
-    fn saw(&self, p: PartitionId, seen: u64, answer: &Answer) {
+    /// Raises the floor of `p` to what `answer` (based on log `epoch` up to `seen`) showed.
+    fn saw(&self, p: PartitionId, epoch: u64, seen: u64, answer: &Answer) {
         let version = match answer {
             Ok(reply) => reply.version().unwrap_or(0),
             Err(ProtocolError::PreconditionFailed { current }) => *current,
             Err(_) => 0,
         };
-        self.seen[p as usize].fetch_max(seen.max(version), Ordering::AcqRel);
+        let seen = Floor {
+            epoch,
+            seq: seen.max(version),
+        };
+        let mut floor = self.floors[p as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *floor = (*floor).max(seen);
     }
 
     /// Sends one request per partition, concurrently, each built by `request(floor,
@@ -93,7 +109,7 @@ impl NatsStore {
     async fn scatter(
         &self,
         op: Op,
-        request: impl Fn(u64, u64) -> Vec<u8>,
+        request: impl Fn(Floor, u64) -> Vec<u8>,
     ) -> Result<Vec<Answer>, TransportError> {
         let request = &request;
         let calls = self.map.all().map(|p| {
@@ -144,8 +160,12 @@ impl NatsStore {
                     }) if !last => {
                         observe("retry");
                     }
-                    Ok(Response { answer, seen }) => {
-                        self.saw(p, seen, &answer);
+                    Ok(Response {
+                        answer,
+                        seen,
+                        epoch,
+                    }) => {
+                        self.saw(p, epoch, seen, &answer);
                         observe(if answer.is_ok() { "ok" } else { "refused" });
                         return Ok(answer);
                     }
@@ -198,9 +218,11 @@ impl Store for NatsStore {
         Box::pin(async move {
             let p = self.map.partition_of(id);
             let payload = |deadline| {
+                let floor = self.floor(p);
                 let request = GetRequest {
                     id: id.to_owned(),
-                    min_seq: self.floor(p),
+                    min_seq: floor.seq,
+                    epoch: floor.epoch,
                     deadline,
                 };
                 serde_json::to_vec(&request)
@@ -244,12 +266,13 @@ impl Store for NatsStore {
     ) -> BoxFuture<'_, StoreResult<Page>> {
         Box::pin(async move {
             let answers = self
-                .scatter(Op::Scan, |min_seq, deadline| {
+                .scatter(Op::Scan, |floor, deadline| {
                     let request = ScanRequest {
                         after: after.clone(),
                         limit,
                         group,
-                        min_seq,
+                        min_seq: floor.seq,
+                        epoch: floor.epoch,
                         deadline,
                     };
                     serde_json::to_vec(&request).expect("requests serialise")
@@ -270,10 +293,11 @@ impl Store for NatsStore {
     fn count(&self, group: Option<u32>) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
             let answers = self
-                .scatter(Op::Count, |min_seq, deadline| {
+                .scatter(Op::Count, |floor, deadline| {
                     let request = CountRequest {
                         group,
-                        min_seq,
+                        min_seq: floor.seq,
+                        epoch: floor.epoch,
                         deadline,
                     };
                     serde_json::to_vec(&request).expect("requests serialise")
@@ -300,6 +324,7 @@ impl Store for NatsStore {
                 let request = GetRequest {
                     id: String::new(),
                     min_seq: 0,
+                    epoch: 0,
                     deadline,
                 };
                 serde_json::to_vec(&request)

@@ -40,6 +40,7 @@ impl CopyReader {
         let request = GetRequest {
             id: id.to_owned(),
             min_seq: 0,
+            epoch: 0,
             deadline: 0,
         };
         self.ask(
@@ -54,6 +55,7 @@ impl CopyReader {
         let request = CountRequest {
             group,
             min_seq: 0,
+            epoch: 0,
             deadline: 0,
         };
         self.ask(

@@ -212,6 +212,7 @@ impl Deployment {
             let payload = serde_json::to_vec(&GetRequest {
                 id: user.id.clone(),
                 min_seq: 0,
+                epoch: 0,
                 deadline: 0,
             })
             .expect("a get request serialises");

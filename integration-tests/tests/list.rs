@@ -345,6 +345,7 @@ async fn assert_copies_count(cluster: &Cluster, model: &Model, max_group: u32) {
                 let payload = serde_json::to_vec(&CountRequest {
                     group,
                     min_seq: 0,
+                    epoch: 0,
                     deadline: 0,
                 })
                 .unwrap();

@@ -13,6 +13,10 @@ pub struct GetRequest {
     /// waits briefly and then answers [`ProtocolError::Behind`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The log epoch `min_seq` belongs to ([`Response::epoch`]); a copy applying a later
+    /// epoch's log (a recreated log) is past it whatever its sequence. 0: the copy's own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
     /// later drops it. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -33,6 +37,10 @@ pub struct ScanRequest {
     /// Read-your-writes, as in [`GetRequest`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The log epoch `min_seq` belongs to ([`Response::epoch`]); a copy applying a later
+    /// epoch's log (a recreated log) is past it whatever its sequence. 0: the copy's own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
     /// later drops it. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -48,6 +56,10 @@ pub struct CountRequest {
     /// Read-your-writes, as in [`GetRequest`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_seq: u64,
+    /// The log epoch `min_seq` belongs to ([`Response::epoch`]); a copy applying a later
+    /// epoch's log (a recreated log) is past it whatever its sequence. 0: the copy's own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     /// The sender's deadline (Unix ms, [`crate::timing`]); a copy that receives the request
     /// later drops it. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -171,12 +183,20 @@ pub struct Response {
     /// verified against, the sequence up to which a reading copy is consistent with the log.
     #[serde(default)]
     pub seen: u64,
+    /// Which log `seen` counts in: the creation time (ns) of the partition's stream. A
+    /// recreated log starts its sequences over, under a later epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
 }
 
 impl Response {
-    /// An answer based on the log up to `seen`.
+    /// An answer based on the log up to `seen` (the epoch is filled in by the partition).
     pub fn new(answer: Answer, seen: u64) -> Self {
-        Self { answer, seen }
+        Self {
+            answer,
+            seen,
+            epoch: 0,
+        }
     }
 }
 

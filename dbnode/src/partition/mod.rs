@@ -51,6 +51,8 @@ pub struct Partition {
     log: PartitionLog,
     applied: watch::Sender<u64>,
     readable: watch::Sender<u64>,
+    /// The epoch of the log the copy applies ([`crate::log::LogState::epoch`]).
+    epoch: AtomicU64,
     lag: AtomicU64,
     writer: Writer,
 }
@@ -68,6 +70,7 @@ impl Partition {
         let applied = watch::Sender::new(storage.applied(id)?);
         // Nothing is readable before the first catch-up has reached the log's end.
         let readable = watch::Sender::new(0);
+        let epoch = AtomicU64::new(storage.log_epoch(id)?.unwrap_or(0));
         let (writer, _task) = Writer::spawn(
             id,
             node,
@@ -82,6 +85,7 @@ impl Partition {
             log,
             applied,
             readable,
+            epoch,
             lag: AtomicU64::new(0),
             writer,
         })
@@ -131,14 +135,33 @@ impl Partition {
         reached.is_ok()
     }
 
-    /// Read-your-writes: waits briefly for `min_seq` to be readable, else answers `Behind`.
-    /// Returns the readable sequence the read is served at.
-    async fn ensure_readable(&self, min_seq: u64, deadline: u64) -> Result<u64, ProtocolError> {
+    /// The epoch of the log this copy applies.
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Read-your-writes: waits briefly for `min_seq` of log `epoch` to be readable, else
+    /// answers `Behind`. Returns the readable sequence the read is served at.
+    async fn ensure_readable(
+        &self,
+        min_seq: u64,
+        epoch: u64,
+        deadline: u64,
+    ) -> Result<u64, ProtocolError> {
         let Some(left) = timing::remaining(deadline) else {
             return Err(ProtocolError::Unavailable(
                 "the request's deadline passed".into(),
             ));
         };
+        let ours = self.epoch();
+        if epoch != 0 && epoch < ours {
+            return Ok(self.readable()); // a recreated log: past anything of the old one
+        }
+        if epoch > ours {
+            return Err(ProtocolError::Behind {
+                applied: self.readable(),
+            });
+        }
         let readable = self.readable();
         if readable >= min_seq {
             return Ok(readable);
@@ -153,7 +176,7 @@ impl Partition {
 
     /// Serves a read from the local copy.
     pub async fn get(&self, req: GetRequest) -> Response {
-        self.read(req.min_seq, req.deadline, || {
+        self.read(req.min_seq, req.epoch, req.deadline, || {
             match self.storage.get(self.id, &req.id)? {
                 Some(found) => Ok(Reply::User(found)),
                 None => Err(ProtocolError::NotFound),
@@ -165,7 +188,7 @@ impl Partition {
     /// Serves a page of a LIST from the local copy.
     pub async fn scan(&self, req: ScanRequest) -> Response {
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
-        self.read(req.min_seq, req.deadline, || {
+        self.read(req.min_seq, req.epoch, req.deadline, || {
             let (items, more) =
                 self.storage
                     .scan(self.id, req.after.as_deref(), limit, req.group)?;
@@ -176,7 +199,7 @@ impl Partition {
 
     /// Serves a COUNT from the counters kept with the records.
     pub async fn count(&self, req: CountRequest) -> Response {
-        self.read(req.min_seq, req.deadline, || {
+        self.read(req.min_seq, req.epoch, req.deadline, || {
             Ok(Reply::Count {
                 count: self.storage.count(self.id, req.group)?,
             })
@@ -189,12 +212,17 @@ impl Partition {
     async fn read(
         &self,
         min_seq: u64,
+        epoch: u64,
         deadline: u64,
         read: impl FnOnce() -> Result<Reply, ProtocolError>,
     ) -> Response {
-        match self.ensure_readable(min_seq, deadline).await {
+        let response = match self.ensure_readable(min_seq, epoch, deadline).await {
             Ok(seen) => Response::new(read(), seen),
             Err(e) => Response::new(Err(e), 0),
+        };
+        Response {
+            epoch: self.epoch(),
+            ..response
         }
     }
 
@@ -209,7 +237,10 @@ impl Partition {
             self.wait_readable(response.seen, APPLY_WAIT.min(left))
                 .await;
         }
-        response
+        Response {
+            epoch: self.epoch(),
+            ..response
+        }
     }
 
     /// Forgets request outcomes applied before `older_than` (Unix ms) or more than `keep`

@@ -60,7 +60,7 @@ async fn check_identity(partition: &Partition) -> Option<(LogState, bool)> {
             return None;
         }
     };
-    let known = match partition.storage.log_identity(p) {
+    let known = match partition.storage.log_epoch(p) {
         Ok(known) => known,
         Err(e) => {
             warn!(partition = p, error = %e, "cannot read the copy's log identity");
@@ -69,23 +69,26 @@ async fn check_identity(partition: &Partition) -> Option<(LogState, bool)> {
     };
     let mut reset_copy = false;
     let result = match known {
-        None => partition.storage.set_log_identity(p, &state.identity),
-        Some(known) if known == state.identity && state.last >= applied => Ok(()),
+        None => partition.storage.set_log_epoch(p, state.epoch),
+        Some(known) if known == state.epoch && state.last >= applied => Ok(()),
         Some(known) => {
             warn!(
                 partition = p,
                 applied,
                 log_end = state.last,
                 known,
-                log = state.identity,
+                log = state.epoch,
                 "the log is not the one this copy was applied from; rebuilding from it"
             );
             reset_copy = true;
-            reset(partition, &state.identity)
+            reset(partition, state.epoch)
         }
     };
     match result {
-        Ok(()) => Some((state, reset_copy)),
+        Ok(()) => {
+            partition.epoch.store(state.epoch, Ordering::Release);
+            Some((state, reset_copy))
+        }
         Err(e) => {
             warn!(partition = p, error = %e, "cannot record the log identity");
             None
@@ -93,8 +96,8 @@ async fn check_identity(partition: &Partition) -> Option<(LogState, bool)> {
     }
 }
 
-fn reset(partition: &Partition, identity: &str) -> Result<(), StorageError> {
-    partition.storage.reset(partition.id, identity)?;
+fn reset(partition: &Partition, epoch: u64) -> Result<(), StorageError> {
+    partition.storage.reset(partition.id, epoch)?;
     partition.readable.send_replace(0);
     partition.applied.send_replace(0);
     Ok(())
@@ -129,7 +132,7 @@ async fn tail(
         let item = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => match check_identity(partition).await {
-                Some((now, false)) if now.identity == state.identity => continue,
+                Some((now, false)) if now.epoch == state.epoch => continue,
                 Some(_) => {
                     info!(partition = p, "re-tailing a changed log");
                     return Err(Retail);

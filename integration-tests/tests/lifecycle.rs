@@ -1,0 +1,116 @@
+//! A dbnode's life cycle at its edges, against real processes: a log that is not the one the
+//! copies were applied from (deleted and recreated, as after losing a NATS server's store),
+//! and SIGTERM at every phase of start-up, catch-up included. `KEEP_CLUSTER=1` keeps the logs.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use integration_tests::{expect, Cluster};
+use protocol::partition::partition_of;
+use protocol::{subjects, ProtocolError, Reply, Role};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+fn user(id: &str) -> Value {
+    json!({ "id": id, "name": "Life Cycle", "email": "life@example.com", "group": 1 })
+}
+
+/// `count` ids of partition `p`, prefixed.
+fn ids_in(prefix: &str, p: u32, count: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| partition_of(id, 3) == p)
+        .take(count)
+        .collect()
+}
+
+#[tokio::test]
+async fn copies_of_a_recreated_log_start_over_from_it_instead_of_wedging() {
+    let mut cluster = Cluster::start(3).await;
+    let old = ids_in("old", 1, 10);
+    eprintln!("== phase: 10 records in P1");
+    for id in &old {
+        expect(cluster.create(&user(id)).await, 201).await;
+    }
+
+    eprintln!("== phase: stop P1's holders (db-1, db-2); delete P1's log");
+    assert!(cluster.node(1).terminate().await.success());
+    assert!(cluster.node(2).terminate().await.success());
+    let js = jetstream::new(cluster.nats_client().await);
+    js.delete_stream(subjects::stream_name(1))
+        .await
+        .expect("the admin deletes the stream");
+
+    eprintln!("== phase: db-1 starts, creates a new log, and starts its copy over");
+    cluster.node(1).start();
+    cluster.wait_node_ready(1).await;
+    cluster.wait_ready().await;
+    let new = &ids_in("new", 1, 1)[0];
+    let created = expect(cluster.create(&user(new)).await, 201).await;
+    assert_eq!(created.etag(), 1, "the first entry of the new log");
+
+    eprintln!("== phase: db-2 comes back and rebuilds its replica from the new log");
+    cluster.node(2).start();
+    cluster.wait_caught_up(2, Duration::from_secs(30)).await;
+    for role in [Role::Primary, Role::Replica] {
+        let copy = cluster.copy(1, role).await;
+        match copy.get(new).await {
+            Ok(Reply::User(found)) => assert_eq!(found.version, 1, "{role:?}"),
+            other => panic!("{role:?} copy of P1 lacks {new}: {other:?}"),
+        }
+        assert_eq!(
+            copy.get(&old[0]).await,
+            Err(ProtocolError::NotFound),
+            "the {role:?} copy equals the log, which no longer has {}",
+            old[0]
+        );
+        assert_eq!(copy.count(None).await, Ok(Reply::Count { count: 1 }));
+    }
+    expect(cluster.get(&old[3]).await, 404).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_node_promptly_in_every_phase_of_start_up() {
+    let mut cluster = Cluster::start(3).await;
+    eprintln!("== phase: 2,000 records, so that a wiped node's catch-up takes a while");
+    let ids: Vec<String> = (0..2000).map(|i| format!("phase-{i}")).collect();
+    futures::stream::iter(&ids)
+        .for_each_concurrent(16, |id| {
+            let cluster = &cluster;
+            async move {
+                expect(cluster.create(&user(id)).await, 201).await;
+            }
+        })
+        .await;
+
+    for delay in [0, 10, 30, 60, 100, 200, 400, 800] {
+        eprintln!("== phase: wipe db-0, start it, SIGTERM after {delay} ms");
+        cluster.node(0).kill9();
+        cluster.node(0).wipe();
+        cluster.node(0).start();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let asked = Instant::now();
+        let status = cluster.node(0).terminate().await;
+        let took = asked.elapsed();
+        // In its first milliseconds the process has no SIGTERM handler yet: the signal's
+        // default action ends it, before it has opened anything.
+        let before_handler = delay == 0 && status.signal() == Some(15);
+        assert!(
+            status.success() || before_handler,
+            "db-0 exits cleanly after {delay} ms: {status}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "db-0 took {took:?} to stop after {delay} ms"
+        );
+    }
+
+    eprintln!("== phase: a last start completes and serves everything");
+    cluster.node(0).start();
+    cluster.wait_caught_up(0, Duration::from_secs(30)).await;
+    let copy = cluster.copy(0, Role::Primary).await;
+    let in_p0 = ids.iter().filter(|id| partition_of(id, 3) == 0).count() as u64;
+    assert_eq!(copy.count(None).await, Ok(Reply::Count { count: in_p0 }));
+}
