@@ -5,6 +5,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // First of all, so that a SIGTERM at any later point is a graceful shutdown.
+    let shutdown = CancellationToken::new();
+    let signals = Signals::install();
     let config = dbnode::Config::parse();
     if config.check {
         return match dbnode::check(&config).await {
@@ -13,8 +16,7 @@ async fn main() -> std::process::ExitCode {
         };
     }
     let _log_guard = config.log.init(&config.db_instance_id.to_string());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    tokio::spawn(signals.cancel_on_first(shutdown.clone()));
     match dbnode::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -25,12 +27,26 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn shutdown_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment [`Signals::install`] returns.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
     }
-    shutdown.cancel();
+
+    async fn cancel_on_first(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        shutdown.cancel();
+    }
 }

@@ -217,7 +217,14 @@ impl Partition {
         read: impl FnOnce() -> Result<Reply, ProtocolError>,
     ) -> Response {
         let response = match self.ensure_readable(min_seq, epoch, deadline).await {
-            Ok(seen) => Response::new(read(), seen),
+            // A page or a count may include entries applied after `seen`: answer with what the
+            // copy had applied once it read (a record carries its own version).
+            Ok(seen) => match read() {
+                Ok(reply @ (Reply::Page { .. } | Reply::Count { .. })) => {
+                    Response::new(Ok(reply), seen.max(self.applied()))
+                }
+                answer => Response::new(answer, seen),
+            },
             Err(e) => Response::new(Err(e), 0),
         };
         Response {

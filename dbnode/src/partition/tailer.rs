@@ -2,9 +2,10 @@
 //! entries to the local copy, in log order, each in one `WriteBatch` with its sequence.
 //!
 //! - **Gaps.** The log keeps one entry per record, so an entry superseded before the tailer
-//!   read it is gone: the consumer jumps over it. Up to the log's end as it was at the jump,
-//!   the copy may miss an acknowledged write, so `readable` stays behind until the tailer has
-//!   applied that far.
+//!   read it is gone: the consumer jumps over it. The entry that superseded it was appended
+//!   before the jump, so once the consumer has nothing left to deliver (`pending` 0) the copy
+//!   has applied it; until then the copy may lack an acknowledged write, and `readable` (what
+//!   reads wait for) stays where it was.
 //! - **Identity.** The copy records the identity of the log it applies (the stream's creation
 //!   time). A log that is not the one it knew — recreated, or shorter than what the copy has
 //!   applied (a NATS host that lost its unsynced tail) — makes the copy start over from the
@@ -123,9 +124,11 @@ async fn tail(
         }
     };
     debug!(partition = p, from, "tailing the log");
-    // Entries up to the log's end may have been superseded before this session reads them.
-    let mut gap_until = Some(state.last);
-    settle(partition, &mut gap_until);
+    // The copy equals a prefix of the log if it did when the last session ended, or if it has
+    // applied up to the log's end (every record's latest entry is at or below it).
+    let applied = partition.applied();
+    let mut gap = partition.readable() < applied && applied < state.last;
+    settle(partition, gap);
     let mut check = tokio::time::interval(IDENTITY_CHECK);
     check.tick().await;
     loop {
@@ -153,45 +156,39 @@ async fn tail(
         let (seq, pending) = (info.stream_sequence, info.pending);
         partition.lag.store(pending, Ordering::Relaxed);
         let applied = partition.applied();
-        if seq <= applied {
-            continue;
-        }
-        if seq > applied + 1 && gap_until.is_none() {
-            match partition.log.last_sequence().await {
-                Ok(last) => {
-                    debug!(
-                        partition = p,
-                        applied, seq, last, "gap in the log; reads wait for its end"
-                    );
-                    gap_until = Some(last);
-                }
-                Err(e) => {
-                    warn!(partition = p, error = %e, "cannot read the log's end; re-tailing");
-                    return Err(Retail);
-                }
+        if seq > applied {
+            if seq > applied + 1 && !gap {
+                debug!(
+                    partition = p,
+                    applied, seq, "gap in the log; reads wait until its end"
+                );
+                gap = true;
+            }
+            if let Err(e) = apply(partition, seq, &message.payload) {
+                warn!(partition = p, seq, error = %e, "apply failed; re-tailing");
+                return Err(Retail);
             }
         }
-        if let Err(e) = apply(partition, seq, &message.payload) {
-            warn!(partition = p, seq, error = %e, "apply failed; re-tailing");
-            return Err(Retail);
+        // Nothing left to deliver: every entry that superseded a skipped one (appended before
+        // the skip) has been delivered and applied.
+        if pending == 0 {
+            gap = false;
         }
-        settle(partition, &mut gap_until);
+        settle(partition, gap);
     }
 }
 
-/// Moves `readable` up to `applied` unless a gap is still open.
-fn settle(partition: &Partition, gap_until: &mut Option<u64>) {
+/// Moves `readable` up to `applied` unless a gap is open.
+fn settle(partition: &Partition, gap: bool) {
+    if gap {
+        return;
+    }
     let applied = partition.applied();
-    if gap_until.is_some_and(|end| applied >= end) {
-        *gap_until = None;
-    }
-    if gap_until.is_none() {
-        partition.readable.send_if_modified(|r| {
-            let moved = applied > *r;
-            *r = (*r).max(applied);
-            moved
-        });
-    }
+    partition.readable.send_if_modified(|r| {
+        let moved = applied > *r;
+        *r = (*r).max(applied);
+        moved
+    });
 }
 
 /// Applies entry `seq`; an entry that does not decode (nothing ringstore writes) is stepped
