@@ -34,6 +34,10 @@ pub struct Config {
     /// `OUTCOME_KEEP_WRITES` per partition are kept, whichever is fewer).
     #[arg(long, env = "OUTCOME_RETENTION_SECS", default_value_t = 86_400)]
     pub outcome_retention_secs: u64,
+    /// How long the gateways remember an `Idempotency-Key`, in seconds (the age limit of the
+    /// key bucket; applies when this node creates it).
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_key_ttl_secs: u64,
     /// The most write outcomes kept per partition.
     #[arg(long, env = "OUTCOME_KEEP_WRITES", default_value_t = 1_000_000)]
     pub outcome_keep_writes: u64,

@@ -176,6 +176,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         )?));
     }
 
+    let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
+    let bucket = retry("ensuring the idempotency-key bucket", &shutdown, || {
+        log::ensure_idempotency_bucket(&client, ttl)
+    })
+    .await;
+    if bucket.is_none() {
+        return Ok(());
+    }
+
     let tasks = TaskTracker::new();
     let (state, state_rx) = watch::channel(NodeState::CatchingUp);
     let conflict = CancellationToken::new();

@@ -192,6 +192,29 @@ impl PartitionLog {
     }
 }
 
+/// Creates the bucket of `Idempotency-Key`s if it does not exist yet, forgetting keys after
+/// `ttl` (the gateways use it; this node only provisions it).
+pub async fn ensure_idempotency_bucket(
+    client: &async_nats::Client,
+    ttl: Duration,
+) -> Result<(), LogError> {
+    let js = jetstream::new(client.clone());
+    if js.get_key_value(subjects::IDEMPOTENCY_BUCKET).await.is_ok() {
+        return Ok(());
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: subjects::IDEMPOTENCY_BUCKET.to_owned(),
+        description: "ringstore Idempotency-Keys: fingerprint and first response".to_owned(),
+        history: 1,
+        max_age: ttl,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 impl Log for PartitionLog {
     /// `Nats-Expected-Last-Subject-Sequence` = `expected`, the primitive of JetStream KV's
     /// `update(revision)`: whichever node writes, a decision made on a stale version of the

@@ -50,6 +50,15 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error("Idempotency-Key {0:?} was already used for a different request")]
+    KeyReused(String),
+    /// The first request with this `Idempotency-Key` is still in progress.
+    #[error("a request with Idempotency-Key {0:?} is still in progress; retry later")]
+    KeyInUse(String),
+    /// The store of idempotency keys cannot be reached.
+    #[error("idempotency keys unavailable: {0}")]
+    KeysUnavailable(String),
 }
 
 impl ApiError {
@@ -62,12 +71,14 @@ impl ApiError {
         use ProtocolError as P;
         match self {
             ApiError::Protocol(P::NotFound) | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::Protocol(P::AlreadyExists) => StatusCode::CONFLICT,
+            ApiError::Protocol(P::AlreadyExists) | ApiError::KeyInUse(_) => StatusCode::CONFLICT,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Protocol(P::PreconditionFailed { .. }) => StatusCode::PRECONDITION_FAILED,
             ApiError::Protocol(P::Invalid { .. }) | ApiError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Protocol(P::Behind { .. } | P::Unavailable(_))
+            | ApiError::KeysUnavailable(_)
             | ApiError::Transport(TransportError::NoResponders | TransportError::Other(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -79,7 +90,12 @@ impl ApiError {
         }
     }
 
-    fn slug(status: StatusCode) -> &'static str {
+    fn slug(&self, status: StatusCode) -> &'static str {
+        match self {
+            ApiError::KeyReused(_) => return "idempotency-key-reused",
+            ApiError::KeyInUse(_) => return "idempotency-key-in-use",
+            _ => {}
+        }
         match status.as_u16() {
             400 => "invalid-request",
             404 => "not-found",
@@ -104,12 +120,14 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
+        let kind = format!("https://ringstore.dev/problems/{}", self.slug(status));
+        let in_use = matches!(self, ApiError::KeyInUse(_));
         let errors = match self {
             ApiError::Protocol(ProtocolError::Invalid { fields }) => fields,
             _ => Vec::new(),
         };
         let problem = Problem {
-            kind: format!("https://ringstore.dev/problems/{}", Self::slug(status)),
+            kind,
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
@@ -122,7 +140,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || in_use {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -7,6 +7,7 @@ use protocol::FieldError;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::idempotency::KeyedRequest;
 
 /// The largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -77,20 +78,13 @@ pub struct RequestId(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
+    /// The id [`crate::idempotency::idempotent`] derived from the request's `Idempotency-Key`,
+    /// else a new UUID.
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        match parts.headers.get("idempotency-key") {
-            None => Ok(RequestId(uuid::Uuid::new_v4().to_string())),
-            Some(key) => match key.to_str() {
-                Ok(k)
-                    if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) =>
-                {
-                    Ok(RequestId(format!("idem:{k}")))
-                }
-                _ => Err(ApiError::BadRequest(
-                    "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-                )),
-            },
-        }
+        Ok(match parts.extensions.get::<KeyedRequest>() {
+            Some(KeyedRequest(id)) => RequestId(id.clone()),
+            None => RequestId(uuid::Uuid::new_v4().to_string()),
+        })
     }
 }
 

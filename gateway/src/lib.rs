@@ -9,6 +9,7 @@
 mod config;
 mod error;
 mod extract;
+pub mod idempotency;
 pub mod list;
 pub mod memory;
 mod metrics;
@@ -59,6 +60,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))
@@ -100,6 +105,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: Arc::new(store),
         metrics,
         presence,
+        keys: idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
+        keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -11,6 +11,7 @@ use protocol::{Reply, User, VersionedUser, WriteKind};
 
 use crate::error::{ApiError, Problem};
 use crate::extract::{encode_segment, CountQuery, IdPath, IfMatch, JsonBody, ListQuery, RequestId};
+use crate::idempotency::{generated_id, KeyStore};
 use crate::list::Page;
 use crate::metrics::Metrics;
 use crate::openapi::{ClusterView, NewUser, UserChanges};
@@ -26,6 +27,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Dbnode heartbeats.
     pub presence: Arc<PresenceTable>,
+    /// Idempotency keys.
+    pub keys: Arc<dyn KeyStore>,
+    /// After how long a key whose first request never finished may be taken over.
+    pub keys_abandoned_after: std::time::Duration,
 }
 
 fn etag(version: u64) -> HeaderValue {
@@ -78,14 +83,15 @@ pub async fn get_user(
 /// Create a user; a missing `id` gets a UUID v4.
 #[utoipa::path(post, path = "/api/user", tag = "users",
     request_body(content = NewUser, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first outcome")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h.")),
     responses(
         (status = 201, description = "Created", body = User,
             headers(("ETag" = String), ("Location" = String))),
         (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The id exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id exists, or a request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -94,8 +100,7 @@ pub async fn create_user(
     RequestId(request_id): RequestId,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let user =
-        parse_create(&body, || uuid::Uuid::new_v4().to_string()).map_err(ApiError::invalid)?;
+    let user = parse_create(&body, || generated_id(&request_id)).map_err(ApiError::invalid)?;
     let location = format!("/api/user/{}", encode_segment(&user.id));
     let record = expect_user(write(&state, request_id, WriteKind::Create { user }).await?)?;
     let mut response = user_response(StatusCode::CREATED, record);
@@ -132,7 +137,7 @@ async fn update(
     request_body(content = UserChanges, content_type = "application/json"),
     params(
         ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first outcome"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
     ),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
@@ -141,6 +146,9 @@ async fn update(
         (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String))),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -159,7 +167,7 @@ pub async fn update_user(
     params(
         ("id" = String, Path, description = "The user id (percent-encoded)"),
         ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first outcome"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
     ),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
@@ -168,6 +176,9 @@ pub async fn update_user(
         (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String))),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -186,13 +197,16 @@ pub async fn patch_user(
     params(
         ("id" = String, Path, description = "The user id (percent-encoded)"),
         ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first outcome"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
     ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String))),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -253,7 +267,7 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     params(
         ("id" = String, Path, description = "The user id (percent-encoded)"),
         ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the first outcome"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
     ),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
@@ -262,6 +276,9 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String))),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -1,10 +1,12 @@
 //! Router tests: every status code of DESIGN.md's REST table against an in-memory store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::Response;
+use gateway::idempotency::MemoryKeys;
 use gateway::memory::MemoryStore;
 use gateway::presence::PresenceTable;
 use gateway::store::TransportError;
@@ -15,19 +17,24 @@ use tower::ServiceExt;
 
 struct Api {
     store: Arc<MemoryStore>,
+    keys: Arc<MemoryKeys>,
     router: axum::Router,
 }
 
 impl Api {
     fn new() -> Self {
         let store = Arc::new(MemoryStore::default());
+        let keys = Arc::new(MemoryKeys::default());
         let state = AppState {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
             presence: Arc::new(PresenceTable::default()),
+            keys: keys.clone(),
+            keys_abandoned_after: Duration::from_secs(5),
         };
         Self {
             store,
+            keys,
             router: app(state),
         }
     }
@@ -323,14 +330,121 @@ async fn idempotency_key_returns_the_first_outcome() {
             .unwrap()
     };
     let (first, r1, _) = api.send(request("k1")).await;
-    let (again, r2, _) = api.send(request("k1")).await;
+    let (again, r2, body) = api.send(request("k1")).await;
     assert_eq!((first, again), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(etag(&r1), etag(&r2));
+    assert_eq!(body, ann(), "the first response's body");
+    assert!(r1.headers().get("idempotent-replayed").is_none());
+    assert_eq!(r2.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        r2.headers()[header::LOCATION],
+        r1.headers()[header::LOCATION]
+    );
     let (other, response, body) = api.send(request("k2")).await;
     assert_eq!(other, StatusCode::CONFLICT);
     assert_problem(other, &response, &body, 409);
     let (status, response, body) = api.send(request("bad key")).await;
     assert_problem(status, &response, &body, 400);
+}
+
+/// A request with `key`: `method` on `uri` with `body` (none if null).
+fn keyed(method: Method, uri: &str, key: &str, body: Value) -> Request<Body> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("Idempotency-Key", key);
+    match body {
+        Value::Null => builder.body(Body::empty()).unwrap(),
+        body => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_422_and_changes_nothing() {
+    let api = Api::new();
+    let (created, _, _) = api
+        .send(keyed(Method::POST, "/api/user", "k1", ann()))
+        .await;
+    assert_eq!(created, StatusCode::CREATED);
+    // The original design's failure: a DELETE with a used key answered 204, record kept.
+    let (status, response, body) = api
+        .send(keyed(Method::DELETE, "/api/user/ann", "k1", Value::Null))
+        .await;
+    assert_problem(status, &response, &body, 422);
+    assert!(
+        body["detail"].as_str().unwrap().contains("\"k1\""),
+        "{body}"
+    );
+    assert_eq!(
+        body["type"],
+        "https://ringstore.dev/problems/idempotency-key-reused"
+    );
+    assert_eq!(
+        api.call(Method::GET, "/api/user/ann").await.0,
+        StatusCode::OK
+    );
+    // Another record, another body: still another request.
+    let bob = json!({"id": "bob", "name": "Bob", "email": "bob@example.com", "group": 1});
+    let (status, response, body) = api.send(keyed(Method::POST, "/api/user", "k1", bob)).await;
+    assert_problem(status, &response, &body, 422);
+    assert_eq!(
+        api.call(Method::GET, "/api/user/bob").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_create_without_an_id_retried_with_its_key_creates_one_record() {
+    let api = Api::new();
+    let anon = json!({"name": "Anon", "email": "anon@example.com", "group": 2});
+    let (_, first, a) = api
+        .send(keyed(Method::POST, "/api/user", "anon", anon.clone()))
+        .await;
+    // The stored response is lost (as if the first gateway died before storing it): the key is
+    // pending and abandoned, the retry performs the request again with the same request id.
+    api.keys.make_pending(Duration::from_secs(60));
+    let (status, second, b) = api
+        .send(keyed(Method::POST, "/api/user", "anon", anon))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        second.headers().get("idempotent-replayed").is_none(),
+        "performed again"
+    );
+    assert_eq!(a["id"], b["id"], "the same generated id");
+    assert_eq!(etag(&first), etag(&second), "applied once");
+}
+
+#[tokio::test]
+async fn a_key_whose_first_request_is_in_progress_is_409_with_retry_after() {
+    let api = Api::new();
+    api.send(keyed(Method::POST, "/api/user", "busy", ann()))
+        .await;
+    api.keys.make_pending(Duration::ZERO);
+    let (status, response, body) = api
+        .send(keyed(Method::POST, "/api/user", "busy", ann()))
+        .await;
+    assert_problem(status, &response, &body, 409);
+    assert_eq!(
+        body["type"],
+        "https://ringstore.dev/problems/idempotency-key-in-use"
+    );
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+}
+
+#[tokio::test]
+async fn a_write_without_a_definite_outcome_leaves_its_key_free_for_the_retry() {
+    let api = Api::new();
+    api.store.fail_with(Some(TransportError::TimedOut));
+    let (status, _, _) = api.send(keyed(Method::POST, "/api/user", "k", ann())).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    api.store.fail_with(None);
+    let (status, response, _) = api.send(keyed(Method::POST, "/api/user", "k", ann())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(response.headers().get("idempotent-replayed").is_none());
 }
 
 #[tokio::test]
