@@ -235,7 +235,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     state.send_replace(NodeState::Ready);
     info!(%node, "ready; serving requests");
-    let served = service::serve(client.clone(), node, partitions, shutdown.clone()).await;
+    let served = service::serve(client.clone(), node, map, partitions, shutdown.clone()).await;
 
     info!(%node, "shutting down");
     tasks.close();

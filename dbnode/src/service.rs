@@ -8,8 +8,8 @@ use async_nats::service::{Request, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use protocol::{
-    subjects, CountRequest, GetRequest, NodeId, Op, ProtocolError, Response, ScanRequest,
-    WriteRequest,
+    subjects, CountRequest, GetRequest, NodeId, Op, PartitionMap, ProtocolError, Response,
+    ScanRequest, WriteKind, WriteRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,8 +23,42 @@ fn invalid(e: serde_json::Error) -> ProtocolError {
     }
 }
 
+/// A write is refused unless it is valid by the record rules, of the kind its subject names,
+/// and for a record of this partition.
+fn check_write(
+    partition: &Partition,
+    map: PartitionMap,
+    op: Op,
+    request: &WriteRequest,
+) -> Result<(), ProtocolError> {
+    request.validate()?;
+    let kind_op = match request.kind {
+        WriteKind::Create { .. } => Op::Create,
+        WriteKind::Update { .. } => Op::Update,
+        WriteKind::Delete { .. } => Op::Delete,
+    };
+    let home = map.partition_of(request.kind.id());
+    let mut fields = Vec::new();
+    if kind_op != op {
+        fields.push(protocol::FieldError::new(
+            "kind",
+            format!("must be {} on this subject", op.as_str()),
+        ));
+    }
+    if home != partition.id {
+        fields.push(protocol::FieldError::new(
+            "id",
+            format!("belongs to partition {home}, not {}", partition.id),
+        ));
+    }
+    match fields.is_empty() {
+        true => Ok(()),
+        false => Err(ProtocolError::Invalid { fields }),
+    }
+}
+
 /// Handles one request on `partition` for `op`.
-async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Response {
+async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]) -> Response {
     fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Response> {
         serde_json::from_slice(payload).map_err(|e| Response::new(Err(invalid(e)), 0))
     }
@@ -42,14 +76,17 @@ async fn handle(partition: &Partition, op: Op, payload: &[u8]) -> Response {
             Err(refusal) => refusal,
         },
         Op::Create | Op::Update | Op::Delete => match parse::<WriteRequest>(payload) {
-            Ok(request) => return partition.write(request).await,
+            Ok(request) => match check_write(partition, map, op, &request) {
+                Ok(()) => return partition.write(request).await,
+                Err(refusal) => Response::new(Err(refusal), 0),
+            },
             Err(refusal) => refusal,
         },
     }
 }
 
-async fn respond(partition: Arc<Partition>, op: Op, request: Request) {
-    let answer = handle(&partition, op, &request.message.payload).await;
+async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: Request) {
+    let answer = handle(&partition, map, op, &request.message.payload).await;
     let payload = serde_json::to_vec(&answer).expect("answers serialise");
     if let Err(e) = request.respond(Ok(Bytes::from(payload))).await {
         warn!(partition = partition.id, op = op.as_str(), error = %e, "reply not sent");
@@ -61,6 +98,7 @@ async fn respond(partition: Arc<Partition>, op: Op, request: Request) {
 pub async fn serve(
     client: async_nats::Client,
     node: NodeId,
+    map: PartitionMap,
     partitions: Vec<Arc<Partition>>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
@@ -85,7 +123,7 @@ pub async fn serve(
                         request = endpoint.next() => request,
                     };
                     let Some(request) = request else { break };
-                    in_flight.spawn(respond(partition.clone(), op, request));
+                    in_flight.spawn(respond(partition.clone(), map, op, request));
                 }
                 let _ = endpoint.stop().await;
             });

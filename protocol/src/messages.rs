@@ -124,6 +124,62 @@ pub struct WriteRequest {
     pub kind: WriteKind,
 }
 
+/// The longest request id a write may carry: it becomes the log entry's `Nats-Msg-Id` header.
+pub const MAX_REQUEST_ID: usize = 128;
+
+impl WriteRequest {
+    /// Checks what a dbnode must not take on trust from the wire, as the gateway checks an
+    /// HTTP body: a request id that is a safe header value (1–128 visible ASCII characters),
+    /// and the record's id and fields by the record rules. Every offending field is named.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        use crate::user::{validate_email, validate_id, validate_name, MAX_GROUP};
+        let mut fields = Vec::new();
+        let mut check = |field: &str, verdict: Result<(), String>| {
+            if let Err(message) = verdict {
+                fields.push(crate::FieldError::new(field, message));
+            }
+        };
+        let id_ok = (1..=MAX_REQUEST_ID).contains(&self.request_id.len())
+            && self.request_id.bytes().all(|b| b.is_ascii_graphic());
+        check(
+            "request_id",
+            id_ok
+                .then_some(())
+                .ok_or_else(|| format!("must be 1-{MAX_REQUEST_ID} visible ASCII characters")),
+        );
+        let group = |g: u32| {
+            (u64::from(g) <= MAX_GROUP)
+                .then_some(())
+                .ok_or_else(|| format!("must be an integer from 0 to {MAX_GROUP}"))
+        };
+        check("id", validate_id(self.kind.id()));
+        match &self.kind {
+            WriteKind::Create { user } => {
+                check("name", validate_name(&user.name));
+                check("email", validate_email(&user.email));
+                check("group", group(user.group));
+            }
+            WriteKind::Update { patch, .. } => {
+                if let Some(name) = &patch.name {
+                    check("name", validate_name(name));
+                }
+                if let Some(email) = &patch.email {
+                    check("email", validate_email(email));
+                }
+                if let Some(g) = patch.group {
+                    check("group", group(g));
+                }
+            }
+            WriteKind::Delete { .. } => {}
+        }
+        if fields.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Invalid { fields })
+        }
+    }
+}
+
 /// A record with its version: the partition-log sequence of its last write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionedUser {
@@ -284,6 +340,38 @@ mod tests {
             json!({"request_id": "r1", "kind": "delete", "id": "a.b", "if_match": 4})
         );
         assert_eq!(serde_json::from_value::<WriteRequest>(v).unwrap(), req);
+    }
+
+    #[test]
+    fn writes_from_the_wire_are_validated_like_http_bodies() {
+        let user = |id: &str, group| User {
+            id: id.into(),
+            name: "Ann".into(),
+            email: "ann@example.com".into(),
+            group,
+        };
+        let write = |request_id: &str, user| WriteRequest {
+            request_id: request_id.into(),
+            deadline: 0,
+            kind: WriteKind::Create { user },
+        };
+        assert_eq!(write("r1", user("a", 1)).validate(), Ok(()));
+        let fields = |w: WriteRequest| match w.validate() {
+            Err(ProtocolError::Invalid { fields }) => {
+                fields.into_iter().map(|f| f.field).collect::<Vec<_>>()
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(fields(write("r\r\n1", user("a", 1))), ["request_id"]);
+        assert_eq!(
+            fields(write(&"r".repeat(129), user("a", 1))),
+            ["request_id"]
+        );
+        assert_eq!(
+            fields(write("", user("a/b\u{7}", u32::MAX))),
+            ["request_id", "id", "group"]
+        );
+        assert_eq!(fields(write("r", user(&"x".repeat(3000), 1))), ["id"]);
     }
 
     #[test]

@@ -12,11 +12,12 @@
 //! tailer has applied them, so the next write to a record decides on its newest state.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use protocol::decide::decide;
 use protocol::{
     timing, Answer, LogEntry, NodeId, PartitionId, ProtocolError, Reply, Response, User,
@@ -212,8 +213,15 @@ impl<L: Log> WriterTask<L> {
         let (partition, node) = (self.partition, self.node);
         let Job { request, reply } = job;
         self.running.push(Box::pin(async move {
-            let (response, learned) =
-                resolve(&*log, &storage, partition, node, base, request).await;
+            // A bug in one write must not take the partition's writer down with it.
+            let resolved =
+                AssertUnwindSafe(resolve(&*log, &storage, partition, node, base, request))
+                    .catch_unwind()
+                    .await;
+            let (response, learned) = resolved.unwrap_or_else(|_| {
+                let answer = Err(ProtocolError::Internal("the write panicked".into()));
+                (Response::new(answer, 0), Learned::Unknown)
+            });
             Finished {
                 id,
                 response,
