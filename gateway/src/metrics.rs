@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
@@ -146,7 +147,16 @@ pub async fn track(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // The method is a label: only the standard ones, so that made-up methods cannot grow the
+    // registry (and the gateway's memory) without bound.
+    let method = match *req.method() {
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
+            req.method().as_str()
+        }
+        Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT => req.method().as_str(),
+        _ => "other",
+    }
+    .to_owned();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     let labels = [route.as_str(), method.as_str(), status.as_str()];

@@ -557,3 +557,24 @@ async fn bad_list_parameters_are_400() {
         .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"count": 0})));
 }
+
+#[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let api = Api::new();
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri("/api/user/x")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, _) = api.send(request).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let (_, _, text) = api.call(Method::GET, "/metrics").await;
+    let text = text.as_str().unwrap();
+    assert!(!text.contains("MADEUP"), "a made-up method became a label");
+    assert!(text.contains(
+        r#"ringstore_http_requests_total{method="other",route="/api/user/{id}",status="405"} 50"#
+    ));
+}

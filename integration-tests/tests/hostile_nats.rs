@@ -21,18 +21,34 @@ async fn hostile_writes_over_nats_are_refused_and_the_partition_keeps_serving() 
         .map(|i| format!("foreign-{i}"))
         .find(|id| partition_of(id, 3) != 1)
         .unwrap();
-    let user = |id: &str, group: u64| {
-        json!({"id": id, "name": "Eve", "email": "eve@example.com", "group": group})
-    };
-    let create = |request_id: &str, user: Value| {
-        json!({"request_id": request_id, "kind": "create", "user": user})
-    };
+    let user = |id: &str, group: u64| json!({"id": id, "name": "Eve", "email": "eve@example.com", "group": group});
+    let create = |request_id: &str, user: Value| json!({"request_id": request_id, "kind": "create", "user": user});
     let cases = [
-        ("a request id with CR/LF", create("r\r\nX-Evil: 1", user(&mine, 1)), "request_id"),
-        ("a 3,000-byte id", create("r2", user(&"x".repeat(3000), 1)), "id"),
-        ("an id with / and a control character", create("r3", user("a/b\u{7}", 1)), "id"),
-        ("group 4294967295", create("r4", user(&mine, 4_294_967_295)), "group"),
-        ("a record of another partition", create("r5", user(&foreign, 1)), "id"),
+        (
+            "a request id with CR/LF",
+            create("r\r\nX-Evil: 1", user(&mine, 1)),
+            "request_id",
+        ),
+        (
+            "a 3,000-byte id",
+            create("r2", user(&"x".repeat(3000), 1)),
+            "id",
+        ),
+        (
+            "an id with / and a control character",
+            create("r3", user("a/b\u{7}", 1)),
+            "id",
+        ),
+        (
+            "group 4294967295",
+            create("r4", user(&mine, 4_294_967_295)),
+            "group",
+        ),
+        (
+            "a record of another partition",
+            create("r5", user(&foreign, 1)),
+            "id",
+        ),
         (
             "a delete sent to the create subject",
             json!({"request_id": "r6", "kind": "delete", "id": mine}),
