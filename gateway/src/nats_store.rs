@@ -144,10 +144,15 @@ impl NatsStore {
             let request = async_nats::Request::new()
                 .payload(payload(timing::deadline_in(share)))
                 .timeout(Some(share));
-            let outcome = self
+            // The whole call is under the attempt's share: with NATS unreachable, a request
+            // waits in the client's queue before its own timeout even starts.
+            let call = self
                 .client
-                .send_request(subjects::request(p, role, op), request)
-                .await;
+                .send_request(subjects::request(p, role, op), request);
+            let outcome = match tokio::time::timeout(share, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(RequestErrorKind::TimedOut.into()),
+            };
             let observe = |outcome| {
                 self.metrics
                     .observe_nats(op.as_str(), role.as_str(), outcome, started)

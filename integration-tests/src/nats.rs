@@ -117,6 +117,17 @@ impl Nats {
         self.proc.kill9();
     }
 
+    /// SIGSTOP: the server freezes with its connections open (a stalled host); clients' writes
+    /// pile up unanswered.
+    pub fn pause(&mut self) {
+        self.proc.signal("STOP");
+    }
+
+    /// SIGCONT after [`Nats::pause`].
+    pub fn resume(&mut self) {
+        self.proc.signal("CONT");
+    }
+
     /// Starts the server again (after [`Nats::kill`]) on the same port with the same store,
     /// and waits until it accepts connections. If it is still running, it is killed first.
     pub async fn restart(&mut self) {

@@ -1,6 +1,7 @@
 //! A dbnode's life cycle at its edges, against real processes: a log that is not the one the
 //! copies were applied from (deleted and recreated, as after losing a NATS server's store),
-//! and SIGTERM at every phase of start-up, catch-up included. `KEEP_CLUSTER=1` keeps the logs.
+//! SIGTERM at every phase of start-up, catch-up included, and a gateway whose NATS server
+//! stalls. `KEEP_CLUSTER=1` keeps the logs.
 
 use std::time::Duration;
 
@@ -122,4 +123,57 @@ async fn sigterm_stops_a_node_promptly_in_every_phase_of_start_up() {
     let copy = cluster.copy(0, Role::Primary).await;
     let in_p0 = ids.iter().filter(|id| partition_of(id, 3) == 0).count() as u64;
     assert_eq!(copy.count(None).await, Ok(Reply::Count { count: in_p0 }));
+}
+
+#[tokio::test]
+async fn with_nats_stalled_the_gateway_answers_within_its_budget_and_stops_on_sigterm() {
+    let mut cluster = Cluster::builder()
+        .request_timeout(Duration::from_millis(1000))
+        .start()
+        .await;
+    eprintln!("== phase: NATS paused (SIGSTOP); 1,000 concurrent GETs");
+    cluster.nats().pause();
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..1000).map(|i| {
+        let request = cluster
+            .request(reqwest::Method::GET, &format!("/api/user/u{i}"))
+            .timeout(Duration::from_secs(20));
+        async move { request.send().await.map(|r| r.status().as_u16()) }
+    }))
+    .await;
+    let took = started.elapsed();
+    for answer in &answers {
+        match answer {
+            Ok(503 | 504) => {}
+            other => panic!("a GET with NATS stalled answered {other:?}"),
+        }
+    }
+    eprintln!("== 1,000 answers in {took:?}");
+    assert!(took < Duration::from_secs(10), "1,000 GETs took {took:?}");
+
+    eprintln!("== phase: a later request is answered within its budget too");
+    let later = Instant::now();
+    let status = cluster
+        .request(reqwest::Method::GET, "/api/user/later")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer")
+        .status()
+        .as_u16();
+    assert!(matches!(status, 503 | 504), "{status}");
+    assert!(
+        later.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        later.elapsed()
+    );
+
+    eprintln!("== phase: SIGTERM stops the gateway promptly");
+    let asked = Instant::now();
+    cluster.gateway().terminate().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 }
