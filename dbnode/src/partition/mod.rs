@@ -8,6 +8,7 @@
 //! until the consumer has delivered everything, a read could miss an acknowledged write, so
 //! reads wait for `readable`.
 
+mod decision;
 mod reader;
 mod tailer;
 mod writer;
