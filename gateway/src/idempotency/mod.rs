@@ -11,7 +11,6 @@
 //! at most once. The log-level request ids that make the gateway's own retries exactly-once
 //! are a separate mechanism ([`crate::extract::RequestId`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
@@ -26,6 +25,12 @@ use tracing::warn;
 
 use crate::error::ApiError;
 use crate::routes::AppState;
+
+mod memory;
+mod nats;
+
+pub use memory::MemoryKeys;
+pub use nats::NatsKeys;
 
 /// The header that marks a replayed response.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -246,176 +251,4 @@ fn replay(stored: StoredResponse) -> Response {
     }
     headers.insert(REPLAYED, HeaderValue::from_static("true"));
     response
-}
-
-/// Keys in memory, for router tests.
-#[derive(Default)]
-pub struct MemoryKeys {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (u64, KeyRecord)>>,
-    revision: std::sync::atomic::AtomicU64,
-}
-
-impl MemoryKeys {
-    /// Marks every key's first request as begun `age` ago and unfinished (a gateway that died
-    /// mid-request, or one still working).
-    pub fn make_pending(&self, age: Duration) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, record) in entries.values_mut() {
-            record.response = None;
-            record.started = protocol::timing::now_ms().saturating_sub(age.as_millis() as u64);
-        }
-    }
-
-    fn next_revision(&self) -> u64 {
-        self.revision
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1
-    }
-}
-
-impl KeyStore for MemoryKeys {
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        record: &'a KeyRecord,
-    ) -> BoxFuture<'a, Result<Option<u64>, KeyStoreError>> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let created = if entries.contains_key(key) {
-            None
-        } else {
-            let revision = self.next_revision();
-            entries.insert(key.to_owned(), (revision, record.clone()));
-            Some(revision)
-        };
-        Box::pin(async move { Ok(created) })
-    }
-
-    fn get<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(u64, KeyRecord)>, KeyStoreError>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let found = entries.get(key).cloned();
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        record: &'a KeyRecord,
-        revision: u64,
-    ) -> BoxFuture<'a, Result<Option<u64>, KeyStoreError>> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let updated = match entries.get(key) {
-            Some((current, _)) if *current == revision => {
-                let revision = self.next_revision();
-                entries.insert(key.to_owned(), (revision, record.clone()));
-                Some(revision)
-            }
-            _ => None,
-        };
-        Box::pin(async move { Ok(updated) })
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KeyStoreError>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-/// Keys in the JetStream KV bucket, opened on first use (the dbnodes create it).
-pub struct NatsKeys {
-    js: async_nats::jetstream::Context,
-    bucket: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
-}
-
-impl NatsKeys {
-    /// Keys over `client`, each operation under `timeout`.
-    pub fn new(client: async_nats::Client, timeout: Duration) -> Arc<Self> {
-        let mut js = async_nats::jetstream::new(client);
-        js.set_timeout(timeout);
-        Arc::new(Self {
-            js,
-            bucket: tokio::sync::OnceCell::new(),
-        })
-    }
-
-    async fn bucket(&self) -> Result<&async_nats::jetstream::kv::Store, KeyStoreError> {
-        self.bucket
-            .get_or_try_init(|| async {
-                self.js
-                    .get_key_value(protocol::subjects::IDEMPOTENCY_BUCKET)
-                    .await
-                    .map_err(|e| KeyStoreError(e.to_string()))
-            })
-            .await
-    }
-}
-
-fn failed(e: impl std::fmt::Display) -> KeyStoreError {
-    KeyStoreError(e.to_string())
-}
-
-impl KeyStore for NatsKeys {
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        record: &'a KeyRecord,
-    ) -> BoxFuture<'a, Result<Option<u64>, KeyStoreError>> {
-        use async_nats::jetstream::kv::CreateErrorKind;
-        Box::pin(async move {
-            let value = serde_json::to_vec(record).expect("records serialise");
-            match self.bucket().await?.create(key, value.into()).await {
-                Ok(revision) => Ok(Some(revision)),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(failed(e)),
-            }
-        })
-    }
-
-    fn get<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(u64, KeyRecord)>, KeyStoreError>> {
-        use async_nats::jetstream::kv::Operation;
-        Box::pin(async move {
-            let entry = self.bucket().await?.entry(key).await.map_err(failed)?;
-            Ok(match entry {
-                Some(entry) if entry.operation == Operation::Put => {
-                    let record = serde_json::from_slice(&entry.value).map_err(failed)?;
-                    Some((entry.revision, record))
-                }
-                _ => None,
-            })
-        })
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        record: &'a KeyRecord,
-        revision: u64,
-    ) -> BoxFuture<'a, Result<Option<u64>, KeyStoreError>> {
-        use async_nats::jetstream::kv::UpdateErrorKind;
-        Box::pin(async move {
-            let value = serde_json::to_vec(record).expect("records serialise");
-            match self
-                .bucket()
-                .await?
-                .update(key, value.into(), revision)
-                .await
-            {
-                Ok(revision) => Ok(Some(revision)),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(failed(e)),
-            }
-        })
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KeyStoreError>> {
-        Box::pin(async move { self.bucket().await?.purge(key).await.map_err(failed) })
-    }
 }
