@@ -36,6 +36,13 @@ pub struct Config {
     /// How long one HTTP request may wait for dbnodes, failover included.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed (slow-header attacks).
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+    /// Requests served at once; more are answered 503 with `Retry-After` at once.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
     /// Logging.
     #[command(flatten)]
     pub log: telemetry::LogConfig,

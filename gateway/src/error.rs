@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The first request with this `Idempotency-Key` is still in progress.
     #[error("a request with Idempotency-Key {0:?} is still in progress; retry later")]
     KeyInUse(String),
+    /// The gateway serves `MAX_CONCURRENT_REQUESTS` already.
+    #[error("too many requests in progress; retry shortly")]
+    Overloaded,
     /// The store of idempotency keys cannot be reached.
     #[error("idempotency keys unavailable: {0}")]
     KeysUnavailable(String),
@@ -79,6 +82,7 @@ impl ApiError {
             }
             ApiError::Protocol(P::Behind { .. } | P::Unavailable(_))
             | ApiError::KeysUnavailable(_)
+            | ApiError::Overloaded
             | ApiError::Transport(TransportError::NoResponders | TransportError::Other(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -17,12 +17,14 @@ mod nats_store;
 mod openapi;
 pub mod presence;
 mod routes;
+mod server;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,6 +41,16 @@ use crate::presence::PresenceTable;
 
 /// The HTTP application over `state`.
 pub fn app(state: AppState) -> Router {
+    // Beyond the limit a request is answered 503 at once rather than queued: what a client can
+    // make the gateway hold is bounded.
+    let shed = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::Overloaded
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.max_concurrent.max(1),
+        ));
     let user_root = post(routes::create_user).put(routes::update_user);
     Router::new()
         .route("/api/user", user_root.clone())
@@ -63,6 +75,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             idempotency::idempotent,
         ))
+        .layer(shed)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
@@ -107,13 +120,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         presence,
         keys: idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
         keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
+        max_concurrent: config.max_concurrent_requests,
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(%addr, read_from = ?config.read_from, "serving HTTP");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
+    server::serve(listener, app(state), header_timeout, shutdown.clone()).await;
     info!("shutting down");
     shutdown.cancel();
     follower.await?;

@@ -23,12 +23,18 @@ struct State {
     outcomes: HashMap<String, Reply>,
     seq: u64,
     failure: Option<TransportError>,
+    delay: Option<std::time::Duration>,
 }
 
 impl MemoryStore {
     /// From now on every call fails with `failure` (or succeeds again with `None`).
     pub fn fail_with(&self, failure: Option<TransportError>) {
         self.state.lock().unwrap().failure = failure;
+    }
+
+    /// Makes every read take `delay` (a slow dbnode), or none.
+    pub fn delay_reads(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().unwrap().delay = delay;
     }
 }
 
@@ -77,7 +83,13 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<VersionedUser>> {
-        Box::pin(std::future::ready(self.get_now(id)))
+        let delay = self.state.lock().unwrap().delay;
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            self.get_now(id)
+        })
     }
 
     fn write(&self, request_id: String, kind: WriteKind) -> BoxFuture<'_, StoreResult<Reply>> {

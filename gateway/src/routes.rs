@@ -31,6 +31,8 @@ pub struct AppState {
     pub keys: Arc<dyn KeyStore>,
     /// After how long a key whose first request never finished may be taken over.
     pub keys_abandoned_after: std::time::Duration,
+    /// Requests served at once; more are shed with 503.
+    pub max_concurrent: usize,
 }
 
 fn etag(version: u64) -> HeaderValue {

@@ -15,6 +15,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+/// The router tests' `MAX_CONCURRENT_REQUESTS`.
+const MAX_CONCURRENT: usize = 4;
+
 struct Api {
     store: Arc<MemoryStore>,
     keys: Arc<MemoryKeys>,
@@ -31,6 +34,7 @@ impl Api {
             presence: Arc::new(PresenceTable::default()),
             keys: keys.clone(),
             keys_abandoned_after: Duration::from_secs(5),
+            max_concurrent: MAX_CONCURRENT,
         };
         Self {
             store,
@@ -577,4 +581,32 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     assert!(text.contains(
         r#"ringstore_http_requests_total{method="other",route="/api/user/{id}",status="405"} 50"#
     ));
+}
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
+    let api = Api::new();
+    api.store.delay_reads(Some(Duration::from_millis(300)));
+    let calls = (0..3 * MAX_CONCURRENT).map(|_| api.call(Method::GET, "/api/user/x"));
+    let answers = futures::future::join_all(calls).await;
+    let shed: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let served = answers
+        .iter()
+        .filter(|(status, _, _)| *status == StatusCode::NOT_FOUND)
+        .count();
+    assert_eq!(served, MAX_CONCURRENT, "as many served as the limit");
+    assert_eq!(shed.len(), 2 * MAX_CONCURRENT, "the rest shed at once");
+    for (status, response, body) in shed {
+        assert_problem(*status, response, body, 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+    // Once they are done, requests are served again.
+    api.store.delay_reads(None);
+    assert_eq!(
+        api.call(Method::GET, "/api/user/x").await.0,
+        StatusCode::NOT_FOUND
+    );
 }

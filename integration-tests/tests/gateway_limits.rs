@@ -1,0 +1,37 @@
+//! What an HTTP client can make the real gateway hold: a connection that dribbles its headers
+//! (slowloris) is closed after `HEADER_TIMEOUT_MS` (5 s by default) while other clients are
+//! served.
+
+use std::time::Duration;
+
+use integration_tests::{expect, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let cluster = Cluster::builder().without_auth().start().await;
+    let port = cluster.base_url().rsplit(':').next().unwrap().to_owned();
+    let mut slow = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect to the gateway");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: ringstore\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let opened = Instant::now();
+
+    eprintln!("== phase: others are served meanwhile");
+    expect(cluster.get("anyone").await, 404).await;
+
+    eprintln!("== phase: the half-sent request is cut off");
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read(&mut buf)).await;
+    let held = opened.elapsed();
+    match read {
+        Ok(Ok(_)) | Ok(Err(_)) => {} // closed (maybe after a 408 answer) or reset
+        Err(_) => panic!("the connection was still open after {held:?}"),
+    }
+    eprintln!("== closed after {held:?}");
+    assert!(held >= Duration::from_secs(4), "closed too early: {held:?}");
+    assert!(held < Duration::from_secs(10), "held for {held:?}");
+}
