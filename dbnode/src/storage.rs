@@ -182,7 +182,9 @@ impl Storage {
     }
 
     /// Up to `limit` records of partition `p` with ids bytewise after `after`, in id order,
-    /// optionally only those of `group` (through the group index); and whether more follow.
+    /// optionally only those of `group` (through the group index), and no more than about
+    /// `max_bytes` of them (at least one: a page must fit in one NATS message); and whether
+    /// more follow.
     /// Costs O(limit): one seek, then sequential reads, all from one snapshot so that the
     /// group index and the records it points at agree even while writes go on.
     pub fn scan(
@@ -191,6 +193,7 @@ impl Storage {
         after: Option<&str>,
         limit: usize,
         group: Option<u32>,
+        max_bytes: usize,
     ) -> Result<(Vec<User>, bool), StorageError> {
         let cf = self.cf(p)?;
         let prefix = match group {
@@ -199,6 +202,7 @@ impl Storage {
         };
         let start = [&prefix[..], after.unwrap_or("").as_bytes()].concat();
         let mut items = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0;
         let snapshot = self.db.snapshot();
         for item in snapshot.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item?;
@@ -211,13 +215,23 @@ impl Storage {
             if items.len() == limit {
                 return Ok((items, true));
             }
-            let record = match group {
-                None => serde_json::from_slice::<VersionedUser>(&value)?,
+            let (record, size) = match group {
+                None => (
+                    serde_json::from_slice::<VersionedUser>(&value)?,
+                    value.len(),
+                ),
                 Some(_) => match snapshot.get_pinned_cf(cf, record_key(id))? {
-                    Some(bytes) => serde_json::from_slice::<VersionedUser>(&bytes)?,
+                    Some(found) => (
+                        serde_json::from_slice::<VersionedUser>(&found)?,
+                        found.len(),
+                    ),
                     None => continue,
                 },
             };
+            bytes += size;
+            if bytes > max_bytes && !items.is_empty() {
+                return Ok((items, true));
+            }
             items.push(record.user);
         }
         Ok((items, false))

@@ -162,31 +162,31 @@ fn scan_pages_by_id_and_by_group_index() {
         (items.into_iter().map(|u| u.id).collect::<Vec<_>>(), more)
     };
     assert_eq!(
-        ids(storage.scan(0, None, 2, None).unwrap()),
+        ids(storage.scan(0, None, 2, None, usize::MAX).unwrap()),
         (vec!["a".into(), "c".into()], true)
     );
     assert_eq!(
-        ids(storage.scan(0, Some("c"), 2, None).unwrap()),
+        ids(storage.scan(0, Some("c"), 2, None, usize::MAX).unwrap()),
         (vec!["d.x ü".into()], false)
     );
     assert_eq!(
-        ids(storage.scan(0, Some("b"), 10, None).unwrap()).0,
+        ids(storage.scan(0, Some("b"), 10, None, usize::MAX).unwrap()).0,
         ["c", "d.x ü"]
     );
     assert_eq!(
-        ids(storage.scan(0, None, 10, Some(2)).unwrap()),
+        ids(storage.scan(0, None, 10, Some(2), usize::MAX).unwrap()),
         (vec!["a".into(), "c".into()], false)
     );
     assert_eq!(
-        ids(storage.scan(0, Some("a"), 10, Some(2)).unwrap()).0,
+        ids(storage.scan(0, Some("a"), 10, Some(2), usize::MAX).unwrap()).0,
         ["c"]
     );
     assert_eq!(
-        ids(storage.scan(0, None, 10, Some(1)).unwrap()).0,
+        ids(storage.scan(0, None, 10, Some(1), usize::MAX).unwrap()).0,
         ["d.x ü"]
     );
     assert_eq!(
-        ids(storage.scan(0, None, 10, Some(7)).unwrap()),
+        ids(storage.scan(0, None, 10, Some(7), usize::MAX).unwrap()),
         (vec![], false)
     );
 }
@@ -213,6 +213,22 @@ fn old_outcomes_are_pruned_in_log_order() {
     // Records, counts and the applied sequence are untouched.
     assert_final_state(&storage);
     assert_eq!(storage.prune_outcomes(0, 0, 100, 100).unwrap(), 0);
+}
+
+#[test]
+fn a_page_stops_at_its_byte_budget_but_never_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    for (seq, entry) in history() {
+        storage.apply(0, seq, &entry).unwrap();
+    }
+    // Each stored record is some 80 bytes of JSON: a 100-byte budget holds one.
+    let (items, more) = storage.scan(0, None, 10, None, 100).unwrap();
+    assert_eq!((items.len(), more), (1, true));
+    let (items, more) = storage.scan(0, None, 10, None, 1).unwrap();
+    assert_eq!((items.len(), more), (1, true), "at least one record");
+    let (items, more) = storage.scan(0, None, 10, Some(2), 100).unwrap();
+    assert_eq!((items.len(), more), (1, true), "by group too");
 }
 
 #[test]
@@ -266,7 +282,10 @@ fn a_reset_forgets_the_partition_and_records_the_new_log() {
     storage.reset(0, 8).unwrap();
     assert_eq!(storage.applied(0).unwrap(), 0);
     assert_eq!(storage.count(0, None).unwrap(), 0);
-    assert_eq!(storage.scan(0, None, 10, None).unwrap(), (vec![], false));
+    assert_eq!(
+        storage.scan(0, None, 10, None, usize::MAX).unwrap(),
+        (vec![], false)
+    );
     assert_eq!(storage.outcome(0, "r1").unwrap(), None);
     assert_eq!(storage.log_epoch(0).unwrap(), Some(8));
     // It applies from the new log's first entry on.

@@ -54,11 +54,21 @@ pub fn decode_cursor(cursor: &str) -> Option<String> {
     Some(id)
 }
 
-/// Merges per-partition pages into the first `limit` records overall.
+/// Merges per-partition pages into the first `limit` records overall. A partition page that
+/// ends early (its byte budget) with more to come bounds the merged page: nothing past its
+/// last id is returned, so the next cursor skips none of its records.
 pub fn merge(pages: Vec<PartitionPage>, limit: usize) -> Page {
     let more = pages.iter().any(|p| p.more);
+    let cut = pages
+        .iter()
+        .filter(|p| p.more)
+        .filter_map(|p| p.items.last().map(|u| u.id.clone()))
+        .min();
     let mut items: Vec<User> = pages.into_iter().flat_map(|p| p.items).collect();
     items.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    if let Some(cut) = cut {
+        items.retain(|u| u.id <= cut);
+    }
     let more = more || items.len() > limit;
     items.truncate(limit);
     let next_cursor = match items.last() {
@@ -160,6 +170,25 @@ mod tests {
                 next_cursor: None
             }
         );
+    }
+
+    #[test]
+    fn a_short_page_with_more_bounds_the_merge() {
+        // Partition 0 stopped at its byte budget after "b"; "c".."e" of the others must wait
+        // for the next page, or partition 0's records between "b" and "e" would be skipped.
+        let pages = vec![
+            PartitionPage {
+                items: users(&["a", "b"]),
+                more: true,
+            },
+            PartitionPage {
+                items: users(&["c", "d", "e"]),
+                more: false,
+            },
+        ];
+        let page = merge(pages, 10);
+        assert_eq!(ids(&page), ["a", "b"]);
+        assert_eq!(page.next_cursor, Some(encode_cursor("b")));
     }
 
     #[test]

@@ -908,3 +908,42 @@ async fn bad_parameters_are_400_and_an_empty_store_lists_nothing() {
     assert_eq!(count(&cluster, None).await, 2);
     assert_eq!(count(&cluster, Some(1)).await, 2);
 }
+
+#[tokio::test]
+async fn pages_of_maximal_records_fit_in_a_nats_message() {
+    let cluster = Cluster::start(3).await;
+    eprintln!("== phase: 800 records of one partition, of the largest size the rules allow");
+    let users: Vec<User> = (0..)
+        .map(|i| format!("{i:05}{}", "m".repeat(123)))
+        .filter(|id| partition_of(id, 3) == 0)
+        .take(800)
+        .map(|id| User {
+            id,
+            name: "\u{1D11E}".repeat(256),
+            // 254 bytes: the longest address there is.
+            email: format!(
+                "{}@{}.{}.{}.com",
+                "e".repeat(64),
+                "d".repeat(63),
+                "d".repeat(63),
+                "d".repeat(57)
+            ),
+            group: 7,
+        })
+        .collect();
+    let mut model = Model::default();
+    create_all(&cluster, &users, &mut model).await;
+    for group in [None, Some(7)] {
+        eprintln!("== phase: walk at limit 1000, group {group:?}");
+        let walked = walk(&cluster, 1000, group).await;
+        let want: Vec<String> = expected(&model, group)
+            .iter()
+            .map(|u| u.id.clone())
+            .collect();
+        assert_same_ids("a walk of maximal records", &walked.ids(), &want);
+        assert!(
+            walked.pages > 1,
+            "one partition's page of 800 maximal records (1.16 MB) would not fit in a NATS message"
+        );
+    }
+}

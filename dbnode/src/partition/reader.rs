@@ -6,6 +6,10 @@ use protocol::{timing, CountRequest, GetRequest, ProtocolError, Reply, Response,
 
 use super::{Partition, MAX_PAGE, READ_WAIT};
 
+/// The most record bytes one scan answer carries: well under NATS's 1 MB message limit
+/// (a page of 1,000 maximal records would be some 1.5 MB).
+const MAX_PAGE_BYTES: usize = 512 * 1024;
+
 impl Partition {
     /// Read-your-writes: waits briefly for `min_seq` of log `epoch` to be readable, else
     /// answers `Behind`. Returns the readable sequence the read is served at.
@@ -56,9 +60,13 @@ impl Partition {
     pub async fn scan(&self, req: ScanRequest) -> Response {
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         self.read(req.min_seq, req.epoch, req.deadline, || {
-            let (items, more) =
-                self.storage
-                    .scan(self.id, req.after.as_deref(), limit, req.group)?;
+            let (items, more) = self.storage.scan(
+                self.id,
+                req.after.as_deref(),
+                limit,
+                req.group,
+                MAX_PAGE_BYTES,
+            )?;
             Ok(Reply::Page { items, more })
         })
         .await
