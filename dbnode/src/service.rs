@@ -86,6 +86,22 @@ async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]
 }
 
 async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: Request) {
+    // A dbnode may publish into the partition logs: an answer addressed anywhere but a
+    // requester's inbox (a log subject, say) could overwrite a record's only log entry.
+    let to_inbox = request
+        .message
+        .reply
+        .as_ref()
+        .is_some_and(|reply| reply.starts_with(subjects::INBOX_PREFIX));
+    if !to_inbox {
+        warn!(
+            partition = partition.id,
+            op = op.as_str(),
+            reply = ?request.message.reply,
+            "request without an inbox to answer to; ignored"
+        );
+        return;
+    }
     let answer = handle(&partition, map, op, &request.message.payload).await;
     let payload = serde_json::to_vec(&answer).expect("answers serialise");
     if let Err(e) = request.respond(Ok(Bytes::from(payload))).await {

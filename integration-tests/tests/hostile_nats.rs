@@ -82,3 +82,44 @@ async fn hostile_writes_over_nats_are_refused_and_the_partition_keeps_serving() 
     assert_eq!(created.json()["group"], 3);
     expect(cluster.get(&mine).await, 200).await;
 }
+
+#[tokio::test]
+async fn a_request_whose_reply_subject_is_a_log_cannot_overwrite_the_log() {
+    let cluster = Cluster::start(3).await;
+    let id = (0..)
+        .map(|i| format!("target-{i}"))
+        .find(|id| partition_of(id, 3) == 1)
+        .unwrap();
+    let user = json!({"id": id, "name": "Target", "email": "t@example.com", "group": 1});
+    expect(cluster.create(&user).await, 201).await;
+    let before = cluster.log_entry(1, &id).await.expect("the record's entry");
+
+    eprintln!("== phase: a get of {id} whose reply subject is the record's log subject");
+    let client = cluster.nats_client().await;
+    let get = json!({"id": id}).to_string();
+    for role in [Role::Primary, Role::Replica] {
+        client
+            .publish_with_reply(
+                subjects::request(1, role, Op::Get),
+                subjects::log_subject(1, &id),
+                get.clone().into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    // The same copies answer a proper request after it: the hostile one has been handled.
+    for role in [Role::Primary, Role::Replica] {
+        let reply = client
+            .request(subjects::request(1, role, Op::Get), get.clone().into())
+            .await
+            .expect("a proper request is answered");
+        let response: Response = serde_json::from_slice(&reply.payload).unwrap();
+        assert!(response.answer.is_ok(), "{role:?}: {:?}", response.answer);
+    }
+    assert_eq!(
+        cluster.log_entry(1, &id).await,
+        Some(before),
+        "the record's log entry is untouched"
+    );
+}

@@ -113,6 +113,10 @@ pub fn hex(text: &str) -> String {
 /// Name of the NATS service every dbnode registers (`nats micro ls`).
 pub const SERVICE_NAME: &str = "ringstore-dbnode";
 
+/// Where requesters receive answers: dbnodes answer only subjects under it (async-nats's
+/// default inbox prefix), never a subject a dbnode could otherwise write, such as a log's.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+
 /// The JetStream key-value bucket of `Idempotency-Key`s (stream `KV_ringstore_idempotency`):
 /// one entry per key, expiring by age. Created by the dbnodes, used by the gateways.
 pub const IDEMPOTENCY_BUCKET: &str = "ringstore_idempotency";
