@@ -223,19 +223,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             break;
         }
     }
-    if shutdown.is_cancelled() {
+    let served = if shutdown.is_cancelled() {
         info!(%node, "stopped during catch-up");
-        tasks.close();
-        tasks.wait().await;
-        storage.flush()?;
-        return match conflict.is_cancelled() {
-            true => Err(NodeError::DuplicateNode(node)),
-            false => Ok(()),
-        };
-    }
-    state.send_replace(NodeState::Ready);
-    info!(%node, "ready; serving requests");
-    let served = service::serve(client.clone(), node, map, partitions, shutdown.clone()).await;
+        Ok(())
+    } else {
+        state.send_replace(NodeState::Ready);
+        info!(%node, "ready; serving requests");
+        service::serve(client.clone(), node, map, partitions, shutdown.clone()).await
+    };
 
     info!(%node, "shutting down");
     tasks.close();

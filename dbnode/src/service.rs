@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use protocol::{
     subjects, CountRequest, GetRequest, NodeId, Op, PartitionMap, ProtocolError, Response,
-    ScanRequest, WriteKind, WriteRequest,
+    ScanRequest, WriteRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,14 +32,9 @@ fn check_write(
     request: &WriteRequest,
 ) -> Result<(), ProtocolError> {
     request.validate()?;
-    let kind_op = match request.kind {
-        WriteKind::Create { .. } => Op::Create,
-        WriteKind::Update { .. } => Op::Update,
-        WriteKind::Delete { .. } => Op::Delete,
-    };
     let home = map.partition_of(request.kind.id());
     let mut fields = Vec::new();
-    if kind_op != op {
+    if request.kind.op() != op {
         fields.push(protocol::FieldError::new(
             "kind",
             format!("must be {} on this subject", op.as_str()),
@@ -57,32 +52,27 @@ fn check_write(
     }
 }
 
-/// Handles one request on `partition` for `op`.
+/// Handles one request on `partition` for `op`; a request that does not parse or check is
+/// refused without touching the partition.
 async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]) -> Response {
-    fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Response> {
-        serde_json::from_slice(payload).map_err(|e| Response::new(Err(invalid(e)), 0))
+    fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ProtocolError> {
+        serde_json::from_slice(payload).map_err(invalid)
     }
-    match op {
-        Op::Get => match parse::<GetRequest>(payload) {
-            Ok(request) => return partition.get(request).await,
-            Err(refusal) => refusal,
-        },
-        Op::Scan => match parse::<ScanRequest>(payload) {
-            Ok(request) => return partition.scan(request).await,
-            Err(refusal) => refusal,
-        },
-        Op::Count => match parse::<CountRequest>(payload) {
-            Ok(request) => return partition.count(request).await,
-            Err(refusal) => refusal,
-        },
-        Op::Create | Op::Update | Op::Delete => match parse::<WriteRequest>(payload) {
-            Ok(request) => match check_write(partition, map, op, &request) {
-                Ok(()) => return partition.write(request).await,
-                Err(refusal) => Response::new(Err(refusal), 0),
-            },
-            Err(refusal) => refusal,
-        },
-    }
+    let served = async {
+        Ok(match op {
+            Op::Get => partition.get(parse::<GetRequest>(payload)?).await,
+            Op::Scan => partition.scan(parse::<ScanRequest>(payload)?).await,
+            Op::Count => partition.count(parse::<CountRequest>(payload)?).await,
+            Op::Create | Op::Update | Op::Delete => {
+                let request = parse::<WriteRequest>(payload)?;
+                check_write(partition, map, op, &request)?;
+                partition.write(request).await
+            }
+        })
+    };
+    served
+        .await
+        .unwrap_or_else(|refusal: ProtocolError| Response::new(Err(refusal), 0))
 }
 
 async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: Request) {

@@ -141,11 +141,11 @@ impl NatsStore {
             let last = i + 1 == targets.len();
             let share = remaining / (targets.len() - i) as u32;
             let started = Instant::now();
+            // One timer for the whole call, queueing included: with NATS unreachable, a request
+            // waits in the client's queue before a timeout of the client's own would start.
             let request = async_nats::Request::new()
                 .payload(payload(timing::deadline_in(share)))
-                .timeout(Some(share));
-            // The whole call is under the attempt's share: with NATS unreachable, a request
-            // waits in the client's queue before its own timeout even starts.
+                .timeout(None);
             let call = self
                 .client
                 .send_request(subjects::request(p, role, op), request);
@@ -210,14 +210,6 @@ fn unexpected(reply: Reply) -> ProtocolError {
     ProtocolError::Internal(format!("unexpected reply {reply:?}"))
 }
 
-fn op_of(kind: &WriteKind) -> Op {
-    match kind {
-        WriteKind::Create { .. } => Op::Create,
-        WriteKind::Update { .. } => Op::Update,
-        WriteKind::Delete { .. } => Op::Delete,
-    }
-}
-
 impl Store for NatsStore {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<VersionedUser>> {
         Box::pin(async move {
@@ -247,7 +239,7 @@ impl Store for NatsStore {
     fn write(&self, request_id: String, kind: WriteKind) -> BoxFuture<'_, StoreResult<Reply>> {
         Box::pin(async move {
             let p = self.map.partition_of(kind.id());
-            let op = op_of(&kind);
+            let op = kind.op();
             let mut request = WriteRequest {
                 request_id,
                 deadline: 0,

@@ -47,8 +47,9 @@ fn user_response(status: StatusCode, record: VersionedUser) -> Response {
     response
 }
 
-/// The record a create or update answered with. Anything else can only be the stored
-/// outcome of a different request that used the same `Idempotency-Key`.
+/// The record a create or update answered with. Anything else would be another request's
+/// outcome under the same request id, which ids derived from key *and* fingerprint rule out
+/// ([`crate::idempotency`]); kept as a guard.
 fn expect_user(reply: Reply) -> Result<VersionedUser, ApiError> {
     match reply {
         Reply::User(record) => Ok(record),

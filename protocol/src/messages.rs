@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, PartitionId, ProtocolError, Role, User, UserPatch};
+use crate::{NodeId, Op, PartitionId, ProtocolError, Role, User, UserPatch};
 
 /// `…{role}.get`: read one record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,15 @@ pub enum WriteKind {
 }
 
 impl WriteKind {
+    /// The op (and so the request subject) of this kind of write.
+    pub fn op(&self) -> Op {
+        match self {
+            WriteKind::Create { .. } => Op::Create,
+            WriteKind::Update { .. } => Op::Update,
+            WriteKind::Delete { .. } => Op::Delete,
+        }
+    }
+
     /// The id of the record the write touches.
     pub fn id(&self) -> &str {
         match self {
@@ -216,6 +225,14 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The answer to a write that left `record` (`None`: deleted) at `version`.
+    pub fn written(record: Option<User>, version: u64) -> Reply {
+        match record {
+            Some(user) => Reply::User(VersionedUser { user, version }),
+            None => Reply::Deleted { version },
+        }
+    }
+
     /// The partition sequence a write answer reflects (`None` for scans and counts).
     pub fn version(&self) -> Option<u64> {
         match self {
@@ -273,13 +290,7 @@ pub struct LogEntry {
 impl LogEntry {
     /// The answer to the write that made this entry, committed at `seq`.
     pub fn outcome(&self, seq: u64) -> Reply {
-        match &self.record {
-            Some(user) => Reply::User(VersionedUser {
-                user: user.clone(),
-                version: seq,
-            }),
-            None => Reply::Deleted { version: seq },
-        }
+        Reply::written(self.record.clone(), seq)
     }
 }
 

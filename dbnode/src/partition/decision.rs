@@ -46,13 +46,7 @@ impl Known {
 
     /// The answer to the write that made this state.
     pub(super) fn outcome(&self) -> Reply {
-        match &self.record {
-            Some(user) => Reply::User(VersionedUser {
-                user: user.clone(),
-                version: self.seq,
-            }),
-            None => Reply::Deleted { version: self.seq },
-        }
+        Reply::written(self.record.clone(), self.seq)
     }
 }
 
@@ -201,11 +195,8 @@ async fn committed_before<L: Log + ?Sized>(
         }
     }
     match &request.kind {
-        WriteKind::Create { user } => Ok(Reply::User(VersionedUser {
-            user: user.clone(),
-            version: seq,
-        })),
-        WriteKind::Delete { .. } => Ok(Reply::Deleted { version: seq }),
+        WriteKind::Create { user } => Ok(Reply::written(Some(user.clone()), seq)),
+        WriteKind::Delete { .. } => Ok(Reply::written(None, seq)),
         WriteKind::Update { .. } => Err(ProtocolError::Unavailable(format!(
             "this request was applied at {seq} and has been superseded since; its result is \
              no longer known"

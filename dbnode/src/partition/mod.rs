@@ -72,7 +72,7 @@ impl Partition {
         // Nothing is readable before the first catch-up has reached the log's end.
         let readable = watch::Sender::new(0);
         let epoch = AtomicU64::new(storage.log_epoch(id)?.unwrap_or(0));
-        let (writer, _task) = Writer::spawn(
+        let writer = Writer::spawn(
             id,
             node,
             storage.clone(),

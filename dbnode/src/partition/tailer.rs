@@ -61,18 +61,13 @@ async fn check_identity(partition: &Partition) -> Option<(LogState, bool)> {
             return None;
         }
     };
-    let known = match partition.storage.log_epoch(p) {
-        Ok(known) => known,
-        Err(e) => {
-            warn!(partition = p, error = %e, "cannot read the copy's log identity");
-            return None;
-        }
-    };
+    // The epoch storage recorded (0: none yet), as the partition keeps it.
+    let known = partition.epoch();
     let mut reset_copy = false;
     let result = match known {
-        None => partition.storage.set_log_epoch(p, state.epoch),
-        Some(known) if known == state.epoch && state.last >= applied => Ok(()),
-        Some(known) => {
+        0 => partition.storage.set_log_epoch(p, state.epoch),
+        known if known == state.epoch && state.last >= applied => Ok(()),
+        known => {
             warn!(
                 partition = p,
                 applied,

@@ -58,7 +58,7 @@ impl Writer {
         storage: Storage,
         log: Arc<L>,
         applied: watch::Receiver<u64>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> Self {
         let (jobs, inbox) = mpsc::channel(QUEUE);
         let task = WriterTask {
             partition,
@@ -71,7 +71,8 @@ impl Writer {
             busy: HashMap::new(),
             running: FuturesUnordered::new(),
         };
-        (Self { jobs }, tokio::spawn(task.run(inbox)))
+        tokio::spawn(task.run(inbox));
+        Self { jobs }
     }
 
     /// Performs `request` and answers it.
@@ -129,24 +130,25 @@ impl<L: Log> WriterTask<L> {
         }
     }
 
-    /// Starts `job` (its record has no write running). Answers at once a request already
-    /// applied, or past its deadline.
+    /// Starts `job` (its record has no write running), or answers at once a request already
+    /// applied or past its deadline; only a started write marks its record busy.
     fn start(&mut self, job: Job) {
         let request = &job.request;
-        if timing::remaining(request.deadline).is_none() {
-            let _ = job.reply.send(unavailable("the request's deadline passed"));
-            return self.next(request.kind.id().to_owned());
-        }
-        let base = match self.base(request) {
-            Ok(Ok(base)) => base,
-            Ok(Err(done)) => {
-                let _ = job.reply.send(done);
-                return self.next(request.kind.id().to_owned());
-            }
-            Err(e) => {
-                let answer = Err(ProtocolError::Internal(e.to_string()));
-                let _ = job.reply.send(Response::new(answer, 0));
-                return self.next(request.kind.id().to_owned());
+        let base = if timing::remaining(request.deadline).is_none() {
+            Err(unavailable("the request's deadline passed"))
+        } else {
+            self.base(request).unwrap_or_else(|e| {
+                Err(Response::new(
+                    Err(ProtocolError::Internal(e.to_string())),
+                    0,
+                ))
+            })
+        };
+        let base = match base {
+            Ok(base) => base,
+            Err(answer) => {
+                let _ = job.reply.send(answer);
+                return;
             }
         };
         let id = request.kind.id().to_owned();

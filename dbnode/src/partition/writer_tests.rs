@@ -144,7 +144,7 @@ fn setup(log: MemoryLog, applied: &[(u64, LogEntry)]) -> Setup {
     }
     let log = Arc::new(log);
     let (applied, rx) = watch::channel(storage.applied(0).unwrap());
-    let (writer, _) = Writer::spawn(0, NodeId(1), storage, log.clone(), rx);
+    let writer = Writer::spawn(0, NodeId(1), storage, log.clone(), rx);
     Setup {
         writer,
         log,
