@@ -3,8 +3,10 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use headers::{ContentType, HeaderMapExt};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use protocol::FieldError;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::idempotency::KeyedRequest;
@@ -12,26 +14,25 @@ use crate::idempotency::KeyedRequest;
 /// The largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// A JSON body: `application/json` (or `+json`), at most 64 KiB, well-formed.
-pub struct JsonBody(pub Value);
+/// A JSON request body of type `T` (`application/json` or any `+json` type, at most 64 KiB),
+/// read and checked by [`protocol::user::parse`].
+pub struct JsonBody<T>(pub T);
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    headers
+        .typed_get::<ContentType>()
+        .map(mime::Mime::from)
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        })
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + garde::Validate<Context = ()>,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -45,29 +46,88 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
+        protocol::user::parse(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+            .map_err(ApiError::invalid)
     }
 }
 
-/// The `If-Match` header as a version: `"7"`, `W/"7"` or `7`; `*` or absent is `None`.
-/// A value that is no version can never match, so it is `Some(0)` (versions start at 1).
-pub struct IfMatch(pub Option<u64>);
+/// `If-Match` (RFC 9110 13.1.1): `*` or absent is `None`; else the versions any of which the
+/// record must have. Comparison is strong: a weak tag (`W/"7"`) or a tag that is no version
+/// can never match (an empty list, so 412). A bare number (`7`) is read as `"7"`, for clients
+/// of earlier versions. Any other value that is not an entity-tag list is 400.
+pub struct IfMatch(pub Option<Vec<u64>>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::IF_MATCH) else {
-            return Ok(IfMatch(None));
-        };
-        let text = value.to_str().unwrap_or("").trim();
-        if text == "*" {
+        let mut values = parts.headers.get_all(header::IF_MATCH).iter().peekable();
+        if values.peek().is_none() {
             return Ok(IfMatch(None));
         }
-        let tag = text.trim_start_matches("W/").trim_matches('"');
-        Ok(IfMatch(Some(tag.parse().unwrap_or(0))))
+        let mut versions = Vec::new();
+        for value in values {
+            let text = value.to_str().unwrap_or("\0").trim();
+            if text == "*" {
+                return Ok(IfMatch(None));
+            }
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                // A bare version, as ringstore accepted before it parsed entity-tags.
+                versions.extend(text.parse::<u64>().ok());
+                continue;
+            }
+            let tags = entity_tags(text).ok_or_else(|| {
+                ApiError::invalid(vec![FieldError::new(
+                    "If-Match",
+                    "must be * or entity-tags (each a quoted string, W/ if weak) separated by commas",
+                )])
+            })?;
+            versions.extend(tags.into_iter().filter(|t| !t.weak).filter_map(|t| {
+                // Our tags are versions in decimal, as `ETag` sends them.
+                (t.opaque.bytes().all(|b| b.is_ascii_digit()) && !t.opaque.starts_with('0'))
+                    .then(|| t.opaque.parse::<u64>().ok())
+                    .flatten()
+            }));
+        }
+        Ok(IfMatch(Some(versions)))
+    }
+}
+
+/// One entity-tag of an `If-Match` list.
+struct EntityTag<'a> {
+    weak: bool,
+    opaque: &'a str,
+}
+
+/// Parses `1#entity-tag` (RFC 9110 5.6.1 and 8.8.3): tags separated by commas with optional
+/// spaces; `None` if `text` is not such a list ([`crate::openapi`] documents the same
+/// grammar as a pattern). The `headers` crate parses this header leniently and does not let
+/// us enumerate the tags, which the dbnode (it alone knows the current version) needs.
+fn entity_tags(text: &str) -> Option<Vec<EntityTag<'_>>> {
+    let ows = [' ', '\t'];
+    let mut tags = Vec::new();
+    let mut rest = text.trim_start_matches(ows);
+    loop {
+        let (weak, quoted) = match rest.strip_prefix("W/") {
+            Some(quoted) => (true, quoted),
+            None => (false, rest),
+        };
+        let quoted = quoted.strip_prefix('"')?;
+        let end = quoted.find('"')?;
+        let opaque = &quoted[..end];
+        if !opaque
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        {
+            return None;
+        }
+        tags.push(EntityTag { weak, opaque });
+        rest = quoted[end + 1..].trim_start_matches(ows);
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        rest = rest.strip_prefix(',')?.trim_start_matches(ows);
     }
 }
 
@@ -99,8 +159,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        protocol::user::validate_id(&id)
-            .map_err(|msg| ApiError::invalid(vec![protocol::FieldError::new("id", msg)]))?;
+        protocol::user::id_rule(&id, &())
+            .map_err(|e| ApiError::invalid(vec![FieldError::new("id", e.message())]))?;
         Ok(IdPath(id))
     }
 }
@@ -108,108 +168,35 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 /// Percent-encodes an id for use as one URL path segment (everything but RFC 3986
 /// unreserved characters).
 pub fn encode_segment(id: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(id, RESERVED).to_string()
 }
 
-type Params = std::collections::HashMap<String, String>;
+/// A query string read as `T` and checked by the record rules; the field a value does not
+/// parse for is named.
+pub struct Query<T>(pub T);
 
-async fn query_params(parts: &mut Parts) -> Result<Params, ApiError> {
-    let axum::extract::Query(params) =
-        axum::extract::Query::<Params>::from_request_parts(parts, &())
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    Ok(params)
-}
-
-fn group_param(params: &Params, errors: &mut Vec<FieldError>) -> Option<u32> {
-    match params.get("group")?.parse::<u64>() {
-        Ok(n) if n <= protocol::user::MAX_GROUP => Some(n as u32),
-        _ => {
-            errors.push(FieldError::new(
-                "group",
-                "must be an integer from 0 to 2147483647",
-            ));
-            None
-        }
-    }
-}
-
-/// The query of `GET /api/users`, validated.
-pub struct ListQuery {
-    /// Page size, 1..=1000, default 50.
-    pub limit: u32,
-    /// The id the previous page ended at, decoded from `cursor`.
-    pub after: Option<String>,
-    /// Only this group.
-    pub group: Option<u32>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + garde::Validate<Context = ()>,
+{
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        use crate::list::{decode_cursor, DEFAULT_LIMIT, MAX_LIMIT};
-        let params = query_params(parts).await?;
-        let mut errors = Vec::new();
-        let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
-            None => DEFAULT_LIMIT,
-            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-            Some(_) => {
-                errors.push(FieldError::new(
-                    "limit",
-                    "must be an integer from 1 to 1000",
-                ));
-                DEFAULT_LIMIT
-            }
-        };
-        let cursor = params.get("cursor").filter(|c| !c.is_empty());
-        let after = cursor.and_then(|c| decode_cursor(c));
-        if cursor.is_some() && after.is_none() {
-            errors.push(FieldError::new(
-                "cursor",
-                "is not a cursor this API returned",
-            ));
-        }
-        let group = group_param(&params, &mut errors);
-        if errors.is_empty() {
-            Ok(ListQuery {
-                limit,
-                after,
-                group,
-            })
-        } else {
-            Err(ApiError::invalid(errors))
-        }
-    }
-}
-
-/// The query of `GET /api/users/count`, validated.
-pub struct CountQuery {
-    /// Only this group.
-    pub group: Option<u32>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for CountQuery {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let params = query_params(parts).await?;
-        let mut errors = Vec::new();
-        let group = group_param(&params, &mut errors);
-        if errors.is_empty() {
-            Ok(CountQuery { group })
-        } else {
-            Err(ApiError::invalid(errors))
-        }
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let value: T = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            ApiError::invalid(vec![FieldError::new(field, e.into_inner().to_string())])
+        })?;
+        protocol::user::check(&value).map_err(ApiError::invalid)?;
+        Ok(Query(value))
     }
 }
 
@@ -221,5 +208,33 @@ mod tests {
     fn segments_are_percent_encoded() {
         assert_eq!(encode_segment("a.b-c_d~"), "a.b-c_d~");
         assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    #[test]
+    fn entity_tag_lists() {
+        let tags = |t: &str| {
+            entity_tags(t).map(|tags| {
+                tags.into_iter()
+                    .map(|t| format!("{}{}", if t.weak { "W/" } else { "" }, t.opaque))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(tags(r#""7""#), Some(vec!["7".to_owned()]));
+        assert_eq!(
+            tags(r#""5", W/"6" ,"x,y""#),
+            Some(vec!["5".to_owned(), "W/6".to_owned(), "x,y".to_owned()])
+        );
+        for bad in [
+            "7",
+            "W/7",
+            r#""7"#,
+            r#""a"b""#,
+            "",
+            r#""5",,"6""#,
+            "null",
+            r#""5","#,
+        ] {
+            assert!(tags(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 pub use config::{Config, ReadFrom};
 pub use error::ApiError;
@@ -51,17 +51,20 @@ pub fn app(state: AppState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             state.max_concurrent.max(1),
         ));
-    let user_root = post(routes::create_user).put(routes::update_user);
+    // Idempotency keys apply to writes, once routed (an unknown method is 405, whatever its
+    // headers), and cost reads nothing.
+    let keyed = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
+    let user_root = post(routes::create_user)
+        .put(routes::update_user)
+        .route_layer(keyed.clone());
+    let user_one = put(routes::put_user)
+        .patch(routes::patch_user)
+        .delete(routes::delete_user)
+        .route_layer(keyed);
     Router::new()
         .route("/api/user", user_root.clone())
         .route("/api/user/", user_root)
-        .route(
-            "/api/user/{id}",
-            get(routes::get_user)
-                .put(routes::put_user)
-                .patch(routes::patch_user)
-                .delete(routes::delete_user),
-        )
+        .route("/api/user/{id}", get(routes::get_user).merge(user_one))
         .route("/api/users", get(routes::list_users))
         .route("/api/users/count", get(routes::count_users))
         .route("/api/cluster", get(routes::cluster))
@@ -71,10 +74,6 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::idempotent,
-        ))
         .layer(shed)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

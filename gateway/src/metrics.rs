@@ -135,31 +135,33 @@ impl Metrics {
     }
 }
 
-/// Middleware recording every HTTP request.
+/// Middleware recording every HTTP request. Labels are borrowed, not formatted: this runs on
+/// every request.
 pub async fn track(
     State(metrics): State<std::sync::Arc<Metrics>>,
     req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     // The method is a label: only the standard ones, so that made-up methods cannot grow the
     // registry (and the gateway's memory) without bound.
     let method = match *req.method() {
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-            req.method().as_str()
-        }
-        Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT => req.method().as_str(),
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
         _ => "other",
-    }
-    .to_owned();
+    };
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status();
+    let labels = [route, method, status.as_str()];
     metrics.http_requests.with_label_values(&labels).inc();
     metrics
         .http_latency

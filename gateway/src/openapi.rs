@@ -1,86 +1,169 @@
-//! The OpenAPI document, generated from the handlers' annotations (`GET /openapi.json`).
+//! The OpenAPI document (`GET /openapi.json`), generated from the handlers' annotations and
+//! the typed model of [`protocol::user`] and [`protocol::params`]: every constraint the server
+//! enforces comes from the code that enforces it. The refusals shared by several operations
+//! are declared once here and reused.
 
-use protocol::{FieldError, User};
-use serde::Deserialize;
-use utoipa::OpenApi;
+use protocol::{FieldError, NewUser, User, UserPatch, UserUpdate};
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+use utoipa::{IntoParams, IntoResponses, OpenApi};
 
 use crate::error::Problem;
+use crate::idempotency::MAX_KEY_LEN;
 use crate::list::Page;
 use crate::routes;
 
-/// Body of a create: a user whose `id` may be omitted (a UUID v4 is generated).
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documentation only: bodies are validated by `protocol::user`
-pub struct NewUser {
-    /// 1–128 bytes of printable Unicode, no `/`; generated when absent.
-    #[schema(min_length = 1, max_length = 128)]
-    id: Option<String>,
-    /// 1–256 characters.
-    #[schema(min_length = 1, max_length = 256)]
-    name: String,
-    /// `local@domain.tld`.
-    #[schema(format = "email", max_length = 254)]
-    email: String,
-    /// 0 ≤ group ≤ 2^31 − 1.
-    #[schema(minimum = 0, maximum = 2147483647)]
-    group: u32,
+/// `If-Match` (RFC 9110 13.1.1): `*`, or entity-tags separated by commas (a weak tag never
+/// matches: strong comparison), or a bare version number as earlier versions accepted.
+pub const IF_MATCH_PATTERN: &str = r#"^(\*|[0-9]+|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$"#;
+
+fn if_match() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(IF_MATCH_PATTERN))
+        .examples([
+            serde_json::json!("\"1\""),
+            serde_json::json!("\"1\", \"2\""),
+        ])
 }
 
-/// Body of a partial update: only the fields given change. `PUT /api/user` needs `id`;
-/// on `/api/user/{id}` it may be omitted, and must equal the path's if given.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documentation only
-pub struct UserChanges {
-    /// The user to change.
-    #[schema(min_length = 1, max_length = 128)]
-    id: Option<String>,
-    /// New name.
-    #[schema(min_length = 1, max_length = 256)]
-    name: Option<String>,
-    /// New email.
-    #[schema(format = "email", max_length = 254)]
-    email: Option<String>,
-    /// New group.
-    #[schema(minimum = 0, maximum = 2147483647)]
-    group: Option<u32>,
+fn idempotency_key() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(format!("^[!-~]{{1,{MAX_KEY_LEN}}}$")))
+        .min_length(Some(1))
+        .max_length(Some(MAX_KEY_LEN))
+        .examples([serde_json::json!("8e03978e-40d5-43e8-bc93-6894a57f9324")])
+}
+
+/// The headers of a create.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `crate::idempotency` from the request, declared here
+pub struct CreateHeaders {
+    /// 1-255 visible ASCII characters (draft-ietf-httpapi-idempotency-key-header-07). A retry
+    /// with the same key and the same request (method, target, body) returns the first
+    /// response, marked `Idempotent-Replayed: true`, and applies nothing; the key on another
+    /// request is 422; while the first request is in progress, 409. Keys are remembered for
+    /// 24 hours (`IDEMPOTENCY_KEY_TTL_SECS`).
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key)]
+    idempotency_key: Option<String>,
+}
+
+/// The headers of an update or a delete.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `crate::extract::IfMatch` and `crate::idempotency`
+pub struct ChangeHeaders {
+    /// Apply only if the record's `ETag` is one of these (strong comparison: `W/` tags never
+    /// match; a bare number `7` means `"7"`); `*` or absent: unconditionally.
+    #[param(rename = "If-Match", schema_with = if_match)]
+    if_match: Option<String>,
+    /// As on create.
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key)]
+    idempotency_key: Option<String>,
+}
+
+/// The path of one user.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by `crate::extract::IdPath`
+pub struct UserPath {
+    /// The user id, percent-encoded as one path segment.
+    #[param(schema_with = protocol::user::schema::id, required = true)]
+    id: String,
+}
+
+/// Refusals of a call that needs a dbnode.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum NeedsNode {
+    /// No dbnode serves the partition, or the gateway is at `MAX_CONCURRENT_REQUESTS`.
+    #[response(status = 503, content_type = "application/problem+json",
+        headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
+    Unavailable(Problem),
+    /// No dbnode answered within `REQUEST_TIMEOUT_MS`; a write may or may not have been applied
+    /// (retry it with the same `Idempotency-Key`).
+    #[response(status = 504, content_type = "application/problem+json")]
+    Timeout(Problem),
+    /// A dbnode failed (a bug or a storage failure); the logs say more.
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+}
+
+/// A malformed id, body, parameter or header.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Invalid {
+    /// What is wrong, with every offending field in `errors`.
+    #[response(status = 400, content_type = "application/problem+json")]
+    Invalid(Problem),
+}
+
+/// No user with this id.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum NoUser {
+    /// No user with this id.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// Refusals of a request body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyRefused {
+    /// The body is larger than 64 KiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// The body is not `application/json` (or another `+json` type).
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotJson(Problem),
+}
+
+/// Refusals of a write that carries an `Idempotency-Key`, and of a conditional write.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum WriteRefused {
+    /// The first request with this `Idempotency-Key` is still in progress (or, on create,
+    /// a user with this id exists).
+    #[response(status = 409, content_type = "application/problem+json",
+        headers(("Retry-After" = u32, description = "Seconds to wait, when the key is in use")))]
+    Conflict(Problem),
+    /// This `Idempotency-Key` was used for a different request.
+    #[response(status = 422, content_type = "application/problem+json")]
+    KeyReused(Problem),
+}
+
+/// A failed `If-Match`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum PreconditionFailed {
+    /// The record's version is not one `If-Match` names.
+    #[response(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(Problem),
 }
 
 /// `GET /api/cluster`: every dbnode heard from.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)] // documentation only: built as JSON in `routes::cluster`
 pub struct ClusterView {
-    nodes: Vec<NodeView>,
+    /// The dbnodes, by id.
+    pub nodes: Vec<NodeView>,
 }
 
 /// One dbnode in [`ClusterView`].
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
 pub struct NodeView {
     /// `db-{i}`.
-    node: String,
-    /// `catching-up` or `ready`.
-    state: String,
+    #[schema(value_type = String, example = "db-0")]
+    pub node: protocol::NodeId,
+    /// Its life-cycle state.
+    pub state: protocol::NodeState,
     /// Heard from within 3 s and ready.
-    live: bool,
+    pub live: bool,
     /// Milliseconds since its last heartbeat.
-    last_seen_ms: u64,
+    pub last_seen_ms: u64,
     /// Hosted partitions.
-    partitions: Vec<PartitionView>,
-}
-
-/// One hosted partition in [`NodeView`].
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct PartitionView {
-    partition: u32,
-    /// `primary` or `replica`.
-    role: String,
-    /// Last applied log sequence.
-    applied: u64,
-    /// Log entries not yet applied.
-    lag: u64,
+    pub partitions: Vec<protocol::PresencePartition>,
 }
 
 #[derive(OpenApi)]
@@ -107,7 +190,8 @@ pub struct PartitionView {
     components(schemas(
         User,
         NewUser,
-        UserChanges,
+        UserPatch,
+        UserUpdate,
         Problem,
         FieldError,
         ClusterView,
@@ -120,4 +204,48 @@ struct ApiDoc;
 /// The document served at `/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(name: &str) -> serde_json::Value {
+        let doc = serde_json::to_value(document()).unwrap();
+        doc["components"]["schemas"][name].clone()
+    }
+
+    #[test]
+    fn the_document_states_the_record_rules() {
+        use protocol::user::*;
+        let user = schema("User");
+        let id = &user["properties"]["id"];
+        assert_eq!(id["maxLength"], MAX_ID_BYTES);
+        assert_eq!(id["pattern"], ID_PATTERN);
+        assert_eq!(user["properties"]["name"]["maxLength"], MAX_NAME_CHARS);
+        assert_eq!(user["properties"]["email"]["pattern"], EMAIL_PATTERN);
+        assert_eq!(user["properties"]["group"]["maximum"], MAX_GROUP);
+        assert_eq!(user["additionalProperties"], false);
+        let required = schema("NewUser")["required"].clone();
+        assert_eq!(required, serde_json::json!(["name", "email", "group"]));
+        assert!(schema("UserPatch").get("required").is_none());
+    }
+
+    #[test]
+    fn headers_and_refusals_are_declared() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let patch = &doc["paths"]["/api/user/{id}"]["patch"];
+        let names: Vec<&str> = patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["id", "If-Match", "Idempotency-Key"]);
+        for status in [
+            "200", "400", "404", "409", "412", "413", "415", "422", "500", "503", "504",
+        ] {
+            assert!(patch["responses"].get(status).is_some(), "{status}");
+        }
+    }
 }

@@ -6,15 +6,20 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::user::{parse_create, parse_patch};
-use protocol::{Reply, User, VersionedUser, WriteKind};
+use protocol::{
+    CountParams, FieldError, ListParams, NewUser, Reply, User, UserPatch, UserUpdate,
+    VersionedUser, WriteKind,
+};
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{encode_segment, CountQuery, IdPath, IfMatch, JsonBody, ListQuery, RequestId};
+use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, Query, RequestId};
 use crate::idempotency::{generated_id, KeyStore};
 use crate::list::Page;
 use crate::metrics::Metrics;
-use crate::openapi::{ClusterView, NewUser, UserChanges};
+use crate::openapi::{
+    BodyRefused, ChangeHeaders, ClusterView, CreateHeaders, Invalid, NeedsNode, NoUser, NodeView,
+    PreconditionFailed, UserPath, WriteRefused,
+};
 use crate::presence::PresenceTable;
 use crate::store::Store;
 
@@ -64,16 +69,11 @@ async fn write(state: &AppState, request_id: String, kind: WriteKind) -> Result<
 }
 
 /// Read one user.
-#[utoipa::path(get, path = "/api/user/{id}", tag = "users",
-    params(("id" = String, Path, description = "The user id (percent-encoded)")),
+#[utoipa::path(get, path = "/api/user/{id}", tag = "users", params(UserPath),
     responses(
         (status = 200, description = "The user", body = User,
-            headers(("ETag" = String, description = "The record's version"))),
-        (status = 400, description = "Invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String))),
-        (status = 504, description = "The dbnode did not answer in time", body = Problem, content_type = "application/problem+json"),
+            headers(("ETag" = String, description = "The record's version, a strong entity-tag"))),
+        Invalid, NoUser, NeedsNode,
     ))]
 pub async fn get_user(
     State(state): State<AppState>,
@@ -84,26 +84,19 @@ pub async fn get_user(
 }
 
 /// Create a user; a missing `id` gets a UUID v4.
-#[utoipa::path(post, path = "/api/user", tag = "users",
+#[utoipa::path(post, path = "/api/user", tag = "users", params(CreateHeaders),
     request_body(content = NewUser, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h.")),
     responses(
         (status = 201, description = "Created", body = User,
             headers(("ETag" = String), ("Location" = String))),
-        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The id exists, or a request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+        Invalid, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn create_user(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
-    JsonBody(body): JsonBody,
+    JsonBody(body): JsonBody<NewUser>,
 ) -> Result<Response, ApiError> {
-    let user = parse_create(&body, || generated_id(&request_id)).map_err(ApiError::invalid)?;
+    let user = body.into_user(|| generated_id(&request_id));
     let location = format!("/api/user/{}", encode_segment(&user.id));
     let record = expect_user(write(&state, request_id, WriteKind::Create { user }).await?)?;
     let mut response = user_response(StatusCode::CREATED, record);
@@ -115,103 +108,82 @@ pub async fn create_user(
 async fn update(
     state: AppState,
     request_id: String,
-    if_match: Option<u64>,
-    body: serde_json::Value,
-    path_id: Option<String>,
+    id: String,
+    patch: UserPatch,
+    if_match: Option<Vec<u64>>,
 ) -> Result<Response, ApiError> {
-    let (id, patch) = parse_patch(&body, path_id.as_deref()).map_err(ApiError::invalid)?;
-    let record = expect_user(
-        write(
-            &state,
-            request_id,
-            WriteKind::Update {
-                id,
-                patch,
-                if_match,
-            },
-        )
-        .await?,
-    )?;
+    let kind = WriteKind::Update {
+        id,
+        patch,
+        if_match,
+    };
+    let record = expect_user(write(&state, request_id, kind).await?)?;
     Ok(user_response(StatusCode::OK, record))
 }
 
 /// Partial update with the id in the body: only the fields given change.
-#[utoipa::path(put, path = "/api/user", tag = "users",
-    request_body(content = UserChanges, content_type = "application/json"),
-    params(
-        ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
-    ),
+#[utoipa::path(put, path = "/api/user", tag = "users", params(ChangeHeaders),
+    request_body(content = UserUpdate, content_type = "application/json",
+        description = "The user's `id` and the fields to change"),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String))),
-        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
     IfMatch(if_match): IfMatch,
-    JsonBody(body): JsonBody,
+    JsonBody(body): JsonBody<UserUpdate>,
 ) -> Result<Response, ApiError> {
-    update(state, request_id, if_match, body, None).await
+    let (id, patch) = body.into_parts();
+    update(state, request_id, id, patch, if_match).await
 }
 
-/// Partial update of the user in the path (`PUT` or JSON merge-patch `PATCH`).
-#[utoipa::path(patch, path = "/api/user/{id}", tag = "users",
-    request_body(content = UserChanges, content_type = "application/merge-patch+json"),
-    params(
-        ("id" = String, Path, description = "The user id (percent-encoded)"),
-        ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
-    ),
+/// Partial update of the user in the path (JSON merge patch, RFC 7396).
+#[utoipa::path(patch, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
+    request_body(content = UserPatch, content_type = "application/merge-patch+json",
+        description = "The fields to change (the body may repeat the path's `id`; another id is 400)"),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        (status = 400, description = "Invalid body or id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String))),
-        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn patch_user(
     State(state): State<AppState>,
     IdPath(id): IdPath,
     RequestId(request_id): RequestId,
     IfMatch(if_match): IfMatch,
-    JsonBody(body): JsonBody,
+    JsonBody(mut patch): JsonBody<UserPatch>,
 ) -> Result<Response, ApiError> {
-    update(state, request_id, if_match, body, Some(id)).await
+    if patch.id.take().is_some_and(|body_id| body_id != id) {
+        let refused = FieldError::new("id", "must match the id in the path");
+        return Err(ApiError::invalid(vec![refused]));
+    }
+    update(state, request_id, id, patch, if_match).await
+}
+
+/// Partial update of the user in the path, as `PATCH` (the `PUT` form of the original API).
+#[utoipa::path(put, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
+    request_body(content = UserPatch, content_type = "application/json",
+        description = "The fields to change (the body may repeat the path's `id`; another id is 400)"),
+    responses(
+        (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
+        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
+    ))]
+pub async fn put_user(
+    state: State<AppState>,
+    id: IdPath,
+    request_id: RequestId,
+    if_match: IfMatch,
+    body: JsonBody<UserPatch>,
+) -> Result<Response, ApiError> {
+    patch_user(state, id, request_id, if_match, body).await
 }
 
 /// Delete a user.
-#[utoipa::path(delete, path = "/api/user/{id}", tag = "users",
-    params(
-        ("id" = String, Path, description = "The user id (percent-encoded)"),
-        ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
-    ),
+#[utoipa::path(delete, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String))),
-        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
+        Invalid, NoUser, PreconditionFailed, WriteRefused, NeedsNode,
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -264,99 +236,51 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(crate::openapi::document())
 }
 
-/// Partial update of the user in the path, as `PATCH` (the `PUT` form of the original API).
-#[utoipa::path(put, path = "/api/user/{id}", tag = "users",
-    request_body(content = UserChanges, content_type = "application/json"),
-    params(
-        ("id" = String, Path, description = "The user id (percent-encoded)"),
-        ("If-Match" = Option<String>, Header, description = "Apply only if the ETag matches"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. A retry with the same key and the same request returns the first response (marked Idempotent-Replayed: true) and applies nothing; the key on another request is 422; while the first is in progress, 409. Keys are remembered for 24 h."),
-    ),
-    responses(
-        (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        (status = 400, description = "Invalid body or id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String))),
-        (status = 422, description = "The Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No dbnode serves the partition", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn put_user(
-    state: State<AppState>,
-    id: IdPath,
-    request_id: RequestId,
-    if_match: IfMatch,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
-    patch_user(state, id, request_id, if_match, body).await
-}
-
 /// The dbnodes as their heartbeats describe them: state, liveness, and per hosted partition
 /// its role, applied log sequence and replication lag.
 #[utoipa::path(get, path = "/api/cluster", tag = "operations",
     responses((status = 200, description = "Every dbnode heard from", body = ClusterView)))]
-pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let nodes: Vec<_> = state
+pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+    let nodes = state
         .presence
         .snapshot()
         .into_iter()
-        .map(|(silent_for, presence)| {
-            serde_json::json!({
-                "node": presence.node,
-                "state": presence.state,
-                "live": state.presence.is_live(presence.node),
-                "last_seen_ms": silent_for.as_millis() as u64,
-                "partitions": presence.partitions,
-            })
+        .map(|(silent_for, presence)| NodeView {
+            node: presence.node,
+            state: presence.state,
+            live: state.presence.is_live(presence.node),
+            last_seen_ms: silent_for.as_millis() as u64,
+            partitions: presence.partitions,
         })
         .collect();
-    Json(serde_json::json!({ "nodes": nodes }))
+    Json(ClusterView { nodes })
 }
 
 /// List users in bytewise id order, a page at a time.
-#[utoipa::path(get, path = "/api/users", tag = "users",
-    params(
-        ("limit" = Option<u32>, Query, description = "Page size, 1–1000 (default 50)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("group" = Option<u32>, Query, description = "Only users of this group", minimum = 0, maximum = 2147483647),
-    ),
-    responses(
-        (status = 200, description = "A page", body = Page),
-        (status = 400, description = "Bad limit, cursor or group", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A partition has no live dbnode", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
-    ))]
+#[utoipa::path(get, path = "/api/users", tag = "users", params(ListParams),
+    responses((status = 200, description = "A page", body = Page), Invalid, NeedsNode))]
 pub async fn list_users(
     State(state): State<AppState>,
-    query: ListQuery,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<Page>, ApiError> {
+    let limit = params.limit();
     Ok(Json(
         state
             .store
-            .scan(query.after, query.limit, query.group)
+            .scan(params.cursor, limit, params.group)
             .await??,
     ))
 }
 
 /// Count users, in total or in one group. Exact: counters move with the records.
-#[utoipa::path(get, path = "/api/users/count", tag = "users",
-    params(("group" = Option<u32>, Query, description = "Only users of this group", minimum = 0, maximum = 2147483647)),
-    responses(
-        (status = 200, description = "The count", body = Count),
-        (status = 400, description = "Bad group", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A partition has no live dbnode", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Timeout", body = Problem, content_type = "application/problem+json"),
-    ))]
+#[utoipa::path(get, path = "/api/users/count", tag = "users", params(CountParams),
+    responses((status = 200, description = "The count", body = Count), Invalid, NeedsNode))]
 pub async fn count_users(
     State(state): State<AppState>,
-    query: CountQuery,
+    Query(params): Query<CountParams>,
 ) -> Result<Json<Count>, ApiError> {
     Ok(Json(Count {
-        count: state.store.count(query.group).await??,
+        count: state.store.count(params.group).await??,
     }))
 }
 

@@ -215,9 +215,22 @@ async fn if_match_makes_writes_conditional() {
     };
     let (status, response, body) = api.send(conditional(Method::PATCH, "\"7\"")).await;
     assert_problem(status, &response, &body, 412);
-    let (status, response, body) = api.send(conditional(Method::PATCH, "garbage")).await;
+    // Strong comparison: a weak tag never matches.
+    let (status, response, body) = api.send(conditional(Method::PATCH, "W/\"1\"")).await;
     assert_problem(status, &response, &body, 412);
-    let (status, response, _) = api.send(conditional(Method::PATCH, "\"1\"")).await;
+    // Not an entity-tag list at all.
+    for garbage in ["garbage", "1x", "\"1\",", "null"] {
+        let (status, response, body) = api.send(conditional(Method::PATCH, garbage)).await;
+        assert_problem(status, &response, &body, 400);
+        assert_eq!(body["errors"][0]["field"], "If-Match", "{garbage}");
+    }
+    // A bare number is a version, as before entity-tags were parsed.
+    let (status, response, body) = api.send(conditional(Method::PATCH, "7")).await;
+    assert_problem(status, &response, &body, 412);
+    // Any tag of a list may match.
+    let (status, response, _) = api
+        .send(conditional(Method::PATCH, "\"7\", W/\"x\", \"1\""))
+        .await;
     assert_eq!(
         (status, etag(&response)),
         (StatusCode::OK, "\"2\"".to_owned())
@@ -247,7 +260,7 @@ async fn delete_is_204_then_404() {
 #[tokio::test]
 async fn validation_errors_name_every_offending_field() {
     let api = Api::new();
-    let bad = json!({"id": "", "name": "", "email": "nope", "group": -1, "age": 3});
+    let bad = json!({"id": "", "name": "", "email": "nope", "group": 2147483648u64});
     let (status, response, body) = api.json(Method::POST, "/api/user", bad).await;
     assert_problem(status, &response, &body, 400);
     let mut fields: Vec<&str> = body["errors"]
@@ -257,7 +270,39 @@ async fn validation_errors_name_every_offending_field() {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     fields.sort();
-    assert_eq!(fields, ["age", "email", "group", "id", "name"]);
+    assert_eq!(fields, ["email", "group", "id", "name"]);
+}
+
+#[tokio::test]
+async fn bodies_of_the_wrong_shape_name_the_field() {
+    let api = Api::new();
+    let user = |extra: Value| {
+        let mut body = json!({"name": "Ann", "email": "ann@example.com", "group": 1});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (body, field, says) in [
+        (user(json!({"group": -1})), "group", "must be an integer"),
+        (user(json!({"group": "1"})), "group", "invalid type"),
+        (user(json!({"name": null})), "name", "invalid type"),
+        (user(json!({"age": 3})), "age", "unknown field `age`"),
+        (json!(["Ann", "ann@example.com", 1]), "", "JSON object"),
+    ] {
+        let (status, response, problem) = api.json(Method::POST, "/api/user", body.clone()).await;
+        assert_problem(status, &response, &problem, 400);
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    api.json(Method::POST, "/api/user", ann()).await;
+    // A merge patch's null would remove a field; every field of a user is required.
+    let (status, response, problem) = api
+        .json(Method::PATCH, "/api/user/ann", json!({"email": null}))
+        .await;
+    assert_problem(status, &response, &problem, 400);
+    assert_eq!(problem["errors"][0]["field"], "email");
 }
 
 #[tokio::test]
@@ -544,7 +589,9 @@ async fn bad_list_parameters_are_400() {
         "limit=0",
         "limit=1001",
         "limit=x",
-        "cursor=garbage",
+        "cursor=",
+        "cursor=a%2Fb",
+        "cursor=%C2%85",
         "group=-1",
         "group=2147483648",
     ] {

@@ -9,8 +9,8 @@ pub fn decide(
     current: Option<&VersionedUser>,
     write: &WriteKind,
 ) -> Result<Option<User>, ProtocolError> {
-    let check = |if_match: &Option<u64>, version: u64| match if_match {
-        Some(expected) if *expected != version => {
+    let check = |if_match: &Option<Vec<u64>>, version: u64| match if_match {
+        Some(expected) if !expected.contains(&version) => {
             Err(ProtocolError::PreconditionFailed { current: version })
         }
         _ => Ok(()),
@@ -76,9 +76,11 @@ mod tests {
             decide(Some(&ann(3)), &update(None)).unwrap().unwrap().group,
             9
         );
-        assert!(decide(Some(&ann(3)), &update(Some(3))).is_ok());
+        assert!(decide(Some(&ann(3)), &update(Some(vec![3]))).is_ok());
+        assert!(decide(Some(&ann(3)), &update(Some(vec![2, 3]))).is_ok());
+        assert!(decide(Some(&ann(3)), &update(Some(vec![]))).is_err());
         assert_eq!(
-            decide(Some(&ann(3)), &update(Some(2))),
+            decide(Some(&ann(3)), &update(Some(vec![2]))),
             Err(ProtocolError::PreconditionFailed { current: 3 })
         );
     }
@@ -91,6 +93,6 @@ mod tests {
         };
         assert_eq!(decide(None, &delete(None)), Err(ProtocolError::NotFound));
         assert_eq!(decide(Some(&ann(3)), &delete(None)), Ok(None));
-        assert!(decide(Some(&ann(3)), &delete(Some(4))).is_err());
+        assert!(decide(Some(&ann(3)), &delete(Some(vec![4]))).is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! ringstore's wire protocol: everything two ringstore processes must agree on, and nothing
 //! that does I/O.
 //!
-//! - [`user`]: the `User` record, its validation rules and the partial-update merge;
+//! - [`user`]: the `User` record, the bodies that make and change it, and their rules;
 //! - [`partition`]: the stable partition hash and the partition → node map;
 //! - [`subjects`]: every NATS subject and JetStream stream name;
+//! - [`params`]: the query parameters of LIST and COUNT;
 //! - [`messages`]: request, reply and log-entry types carried over NATS;
 //! - [`timing`]: request deadlines that cross NATS;
 //! - [`error`]: [`ProtocolError`], the errors a dbnode answers with.
@@ -11,6 +12,7 @@
 pub mod decide;
 pub mod error;
 pub mod messages;
+pub mod params;
 pub mod partition;
 pub mod subjects;
 pub mod timing;
@@ -21,6 +23,7 @@ pub use messages::{
     Answer, CountRequest, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply,
     Response, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
+pub use params::{CountParams, ListParams};
 pub use partition::{NodeId, PartitionId, PartitionMap, Role};
 pub use subjects::Op;
-pub use user::{User, UserPatch};
+pub use user::{NewUser, User, UserPatch, UserUpdate};

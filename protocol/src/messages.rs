@@ -85,17 +85,17 @@ pub enum WriteKind {
         id: String,
         /// The fields to change.
         patch: UserPatch,
-        /// Apply only if the record's version equals this.
+        /// Apply only if the record's version is one of these (`If-Match`; empty never matches).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        if_match: Option<u64>,
+        if_match: Option<Vec<u64>>,
     },
     /// Delete a record.
     Delete {
         /// The record id.
         id: String,
-        /// Apply only if the record's version equals this.
+        /// Apply only if the record's version is one of these (`If-Match`; empty never matches).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        if_match: Option<u64>,
+        if_match: Option<Vec<u64>>,
     },
 }
 
@@ -141,46 +141,34 @@ impl WriteRequest {
     /// HTTP body: a request id that is a safe header value (1–128 visible ASCII characters),
     /// and the record's id and fields by the record rules. Every offending field is named.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        use crate::user::{validate_email, validate_id, validate_name, MAX_GROUP};
+        use crate::user::{check, id_rule};
         let mut fields = Vec::new();
-        let mut check = |field: &str, verdict: Result<(), String>| {
-            if let Err(message) = verdict {
-                fields.push(crate::FieldError::new(field, message));
-            }
-        };
         let id_ok = (1..=MAX_REQUEST_ID).contains(&self.request_id.len())
             && self.request_id.bytes().all(|b| b.is_ascii_graphic());
-        check(
-            "request_id",
-            id_ok
-                .then_some(())
-                .ok_or_else(|| format!("must be 1-{MAX_REQUEST_ID} visible ASCII characters")),
-        );
-        let group = |g: u32| {
-            (u64::from(g) <= MAX_GROUP)
-                .then_some(())
-                .ok_or_else(|| format!("must be an integer from 0 to {MAX_GROUP}"))
-        };
-        check("id", validate_id(self.kind.id()));
-        match &self.kind {
-            WriteKind::Create { user } => {
-                check("name", validate_name(&user.name));
-                check("email", validate_email(&user.email));
-                check("group", group(user.group));
-            }
-            WriteKind::Update { patch, .. } => {
-                if let Some(name) = &patch.name {
-                    check("name", validate_name(name));
-                }
-                if let Some(email) = &patch.email {
-                    check("email", validate_email(email));
-                }
-                if let Some(g) = patch.group {
-                    check("group", group(g));
-                }
-            }
-            WriteKind::Delete { .. } => {}
+        if !id_ok {
+            fields.push(crate::FieldError::new(
+                "request_id",
+                format!("must be 1-{MAX_REQUEST_ID} visible ASCII characters"),
+            ));
         }
+        let checked = match &self.kind {
+            WriteKind::Create { user } => check(user),
+            WriteKind::Update { id, patch, .. } => {
+                let mut errors = check(patch).err().unwrap_or_default();
+                if let Err(e) = id_rule(id, &()) {
+                    errors.push(crate::FieldError::new("id", e.message()));
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors)
+                }
+            }
+            WriteKind::Delete { id, .. } => {
+                id_rule(id, &()).map_err(|e| vec![crate::FieldError::new("id", e.message())])
+            }
+        };
+        fields.extend(checked.err().unwrap_or_default());
         if fields.is_empty() {
             Ok(())
         } else {
@@ -296,6 +284,7 @@ impl LogEntry {
 
 /// A node's life-cycle state, as announced in presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     /// Replaying its partitions' logs; not serving.
@@ -306,6 +295,7 @@ pub enum NodeState {
 
 /// One hosted partition in a presence heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresencePartition {
     /// The partition.
     pub partition: PartitionId,
@@ -342,13 +332,13 @@ mod tests {
             deadline: 0,
             kind: WriteKind::Delete {
                 id: "a.b".into(),
-                if_match: Some(4),
+                if_match: Some(vec![4]),
             },
         };
         let v = serde_json::to_value(&req).unwrap();
         assert_eq!(
             v,
-            json!({"request_id": "r1", "kind": "delete", "id": "a.b", "if_match": 4})
+            json!({"request_id": "r1", "kind": "delete", "id": "a.b", "if_match": [4]})
         );
         assert_eq!(serde_json::from_value::<WriteRequest>(v).unwrap(), req);
     }
@@ -380,7 +370,7 @@ mod tests {
         );
         assert_eq!(
             fields(write("", user("a/b\u{7}", u32::MAX))),
-            ["request_id", "id", "group"]
+            ["request_id", "group", "id"]
         );
         assert_eq!(fields(write("r", user(&"x".repeat(3000), 1))), ["id"]);
     }

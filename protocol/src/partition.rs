@@ -62,6 +62,7 @@ impl TryFrom<String> for NodeId {
 
 /// The role a node plays for a partition it hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Takes the partition's writes and reads.

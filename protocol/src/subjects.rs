@@ -94,20 +94,10 @@ pub fn log_filter(p: PartitionId) -> String {
 }
 
 /// `ringstore.log.{p}.{hex(id)}`: one subject per record, so the stream keeps the latest entry
-/// of each record.
+/// of each record. Lower-case hex of the id's UTF-8 bytes is one safe subject token, whatever
+/// the id holds.
 pub fn log_subject(p: PartitionId, id: &str) -> String {
-    format!("ringstore.log.{p}.{}", hex(id))
-}
-
-/// Lower-case hex of a string's UTF-8 bytes: a form of any id that is one safe subject token
-/// (and that the gateway also uses inside its opaque cursors).
-pub fn hex(text: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(text.len() * 2);
-    for b in text.as_bytes() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("ringstore.log.{p}.{}", hex::encode(id))
 }
 
 /// Name of the NATS service every dbnode registers (`nats micro ls`).

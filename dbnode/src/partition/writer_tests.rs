@@ -124,7 +124,7 @@ fn rename(id: &str, name: &str, if_match: Option<u64>) -> WriteKind {
             name: Some(name.into()),
             ..Default::default()
         },
-        if_match,
+        if_match: if_match.map(|v| vec![v]),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
@@ -31,6 +31,9 @@ mod nats;
 
 pub use memory::MemoryKeys;
 pub use nats::NatsKeys;
+
+/// The longest `Idempotency-Key`.
+pub const MAX_KEY_LEN: usize = 255;
 
 /// The header that marks a replayed response.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -159,21 +162,19 @@ pub fn generated_id(request_id: &str) -> String {
 /// Middleware on the write routes: answers, refuses or performs a request that carries an
 /// `Idempotency-Key`, and stores the response of one it performed.
 pub async fn idempotent(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let writes = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
-    let Some(key) = request.headers().get("idempotency-key").filter(|_| writes) else {
+    let Some(key) = request.headers().get("idempotency-key") else {
         return next.run(request).await;
     };
     let key = match key.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+        Ok(k)
+            if (1..=MAX_KEY_LEN).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             k.to_owned()
         }
         _ => {
-            return ApiError::BadRequest(
-                "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-            )
+            return ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"
+            ))
             .into_response()
         }
     };
