@@ -43,6 +43,10 @@ pub struct Config {
     /// Requests served at once; more are answered 503 with `Retry-After` at once.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// API keys (`<name> sha256:<hex> <scopes>` per line, `scripts/api-key` makes them);
+    /// unset = no REST authentication (local development only).
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
     /// Logging.
     #[command(flatten)]
     pub log: telemetry::LogConfig,

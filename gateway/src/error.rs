@@ -59,6 +59,15 @@ pub enum ApiError {
     /// The gateway serves `MAX_CONCURRENT_REQUESTS` already.
     #[error("too many requests in progress; retry shortly")]
     Overloaded,
+    /// No API key, or one the gateway does not know (`API_KEYS_FILE`).
+    #[error("{}", if *key_given { "this API key is not valid" } else { "an API key is required: Authorization: Bearer <key>" })]
+    Unauthenticated {
+        /// A key was sent (and is unknown).
+        key_given: bool,
+    },
+    /// The API key lacks the scope the call needs.
+    #[error("this API key does not have the {0:?} scope")]
+    Forbidden(&'static str),
     /// The store of idempotency keys cannot be reached.
     #[error("idempotency keys unavailable: {0}")]
     KeysUnavailable(String),
@@ -91,6 +100,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -102,6 +113,8 @@ impl ApiError {
         }
         match status.as_u16() {
             400 => "invalid-request",
+            401 => "unauthenticated",
+            403 => "forbidden",
             404 => "not-found",
             405 => "method-not-allowed",
             409 => "already-exists",
@@ -126,6 +139,14 @@ impl IntoResponse for ApiError {
         };
         let kind = format!("https://ringstore.dev/problems/{}", self.slug(status));
         let in_use = matches!(self, ApiError::KeyInUse(_));
+        // RFC 6750 3: the scheme, and `invalid_token` when a key was sent.
+        let challenge = match self {
+            ApiError::Unauthenticated { key_given: false } => Some("Bearer realm=\"ringstore\""),
+            ApiError::Unauthenticated { key_given: true } => {
+                Some("Bearer realm=\"ringstore\", error=\"invalid_token\"")
+            }
+            _ => None,
+        };
         let errors = match self {
             ApiError::Protocol(ProtocolError::Invalid { fields }) => fields,
             _ => Vec::new(),
@@ -144,6 +165,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(challenge) = challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || in_use {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -6,6 +6,7 @@
 //! `ringstore.part.{p}.{primary|replica}.{op}` for the record's partition, failing over to the
 //! other copy; presence heartbeats (`ringstore.presence.*`) steer around silent nodes.
 
+pub mod auth;
 mod config;
 mod error;
 mod extract;
@@ -34,7 +35,7 @@ pub use metrics::Metrics;
 use protocol::PartitionMap;
 pub use routes::AppState;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::nats_store::NatsStore;
 use crate::presence::PresenceTable;
@@ -76,6 +77,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(shed)
         .layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))
@@ -101,6 +106,20 @@ async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
 /// and drains NATS.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     info!(url = config.nats_url, "connecting to NATS");
+    let api_keys = match &config.api_keys_file {
+        Some(path) => {
+            let keys = auth::ApiKeys::load(path)?;
+            info!(path = %path.display(), "REST authentication on");
+            Some(Arc::new(keys))
+        }
+        None => {
+            warn!(
+                "API_KEYS_FILE is not set: the REST API is open to anyone who can reach it \
+                 (local development only)"
+            );
+            None
+        }
+    };
     let client = connect(&config).await?;
     let presence = Arc::new(PresenceTable::default());
     let follower = tokio::spawn(presence.clone().follow(client.clone(), shutdown.clone()));
@@ -120,6 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
         keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
         max_concurrent: config.max_concurrent_requests,
+        api_keys,
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;

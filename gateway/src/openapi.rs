@@ -90,6 +90,40 @@ pub enum NeedsNode {
     Internal(Problem),
 }
 
+/// Refusals of a call without a valid API key (when the gateway has `API_KEYS_FILE`).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthRefused {
+    /// No `Authorization: Bearer` key, or one the gateway does not know.
+    #[response(status = 401, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"ringstore\"`, with `error=\"invalid_token\"` for an unknown key")))]
+    Unauthenticated(Problem),
+    /// The key lacks the scope the call needs (`read`, `write` or `admin`).
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+}
+
+/// Declares the bearer scheme of [`crate::auth`].
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key from the gateway's API_KEYS_FILE. Scopes: `read` for GET of users, \
+                 `write` for POST/PUT/PATCH/DELETE, `admin` for /api/cluster and /metrics. \
+                 Without API_KEYS_FILE the gateway asks for no key.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
+}
+
 /// A malformed id, body, parameter or header.
 #[derive(IntoResponses)]
 #[allow(dead_code)]
@@ -168,6 +202,7 @@ pub struct NodeView {
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerKeys),
     info(
         title = "ringstore",
         description = "Partitioned, replicated user store on NATS. Errors are application/problem+json (RFC 9457). `POST` and `PUT` also answer on `/api/user/`."

@@ -17,8 +17,8 @@ use crate::idempotency::{generated_id, KeyStore};
 use crate::list::Page;
 use crate::metrics::Metrics;
 use crate::openapi::{
-    BodyRefused, ChangeHeaders, ClusterView, CreateHeaders, Invalid, NeedsNode, NoUser, NodeView,
-    PreconditionFailed, UserPath, WriteRefused,
+    AuthRefused, BodyRefused, ChangeHeaders, ClusterView, CreateHeaders, Invalid, NeedsNode,
+    NoUser, NodeView, PreconditionFailed, UserPath, WriteRefused,
 };
 use crate::presence::PresenceTable;
 use crate::store::Store;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub keys_abandoned_after: std::time::Duration,
     /// Requests served at once; more are shed with 503.
     pub max_concurrent: usize,
+    /// The API keys (`API_KEYS_FILE`); `None`: no authentication.
+    pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
 }
 
 fn etag(version: u64) -> HeaderValue {
@@ -69,11 +71,11 @@ async fn write(state: &AppState, request_id: String, kind: WriteKind) -> Result<
 }
 
 /// Read one user.
-#[utoipa::path(get, path = "/api/user/{id}", tag = "users", params(UserPath),
+#[utoipa::path(get, path = "/api/user/{id}", tag = "users", security(("api_key" = [])), params(UserPath),
     responses(
         (status = 200, description = "The user", body = User,
             headers(("ETag" = String, description = "The record's version, a strong entity-tag"))),
-        Invalid, NoUser, NeedsNode,
+        Invalid, NoUser, AuthRefused, NeedsNode,
     ))]
 pub async fn get_user(
     State(state): State<AppState>,
@@ -84,12 +86,12 @@ pub async fn get_user(
 }
 
 /// Create a user; a missing `id` gets a UUID v4.
-#[utoipa::path(post, path = "/api/user", tag = "users", params(CreateHeaders),
+#[utoipa::path(post, path = "/api/user", tag = "users", security(("api_key" = [])), params(CreateHeaders),
     request_body(content = NewUser, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = User,
             headers(("ETag" = String), ("Location" = String))),
-        Invalid, BodyRefused, WriteRefused, NeedsNode,
+        Invalid, AuthRefused, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn create_user(
     State(state): State<AppState>,
@@ -122,12 +124,12 @@ async fn update(
 }
 
 /// Partial update with the id in the body: only the fields given change.
-#[utoipa::path(put, path = "/api/user", tag = "users", params(ChangeHeaders),
+#[utoipa::path(put, path = "/api/user", tag = "users", security(("api_key" = [])), params(ChangeHeaders),
     request_body(content = UserUpdate, content_type = "application/json",
         description = "The user's `id` and the fields to change"),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
+        Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
@@ -140,12 +142,12 @@ pub async fn update_user(
 }
 
 /// Partial update of the user in the path (JSON merge patch, RFC 7396).
-#[utoipa::path(patch, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
+#[utoipa::path(patch, path = "/api/user/{id}", tag = "users", security(("api_key" = [])), params(UserPath, ChangeHeaders),
     request_body(content = UserPatch, content_type = "application/merge-patch+json",
         description = "The fields to change (the body may repeat the path's `id`; another id is 400)"),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
+        Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn patch_user(
     State(state): State<AppState>,
@@ -162,12 +164,12 @@ pub async fn patch_user(
 }
 
 /// Partial update of the user in the path, as `PATCH` (the `PUT` form of the original API).
-#[utoipa::path(put, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
+#[utoipa::path(put, path = "/api/user/{id}", tag = "users", security(("api_key" = [])), params(UserPath, ChangeHeaders),
     request_body(content = UserPatch, content_type = "application/json",
         description = "The fields to change (the body may repeat the path's `id`; another id is 400)"),
     responses(
         (status = 200, description = "Updated", body = User, headers(("ETag" = String))),
-        Invalid, NoUser, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
+        Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn put_user(
     state: State<AppState>,
@@ -180,10 +182,10 @@ pub async fn put_user(
 }
 
 /// Delete a user.
-#[utoipa::path(delete, path = "/api/user/{id}", tag = "users", params(UserPath, ChangeHeaders),
+#[utoipa::path(delete, path = "/api/user/{id}", tag = "users", security(("api_key" = [])), params(UserPath, ChangeHeaders),
     responses(
         (status = 204, description = "Deleted"),
-        Invalid, NoUser, PreconditionFailed, WriteRefused, NeedsNode,
+        Invalid, NoUser, AuthRefused, PreconditionFailed, WriteRefused, NeedsNode,
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -219,8 +221,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("api_key" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), AuthRefused))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.observe_presence(&state.presence.snapshot());
     (
@@ -238,8 +240,8 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 /// The dbnodes as their heartbeats describe them: state, liveness, and per hosted partition
 /// its role, applied log sequence and replication lag.
-#[utoipa::path(get, path = "/api/cluster", tag = "operations",
-    responses((status = 200, description = "Every dbnode heard from", body = ClusterView)))]
+#[utoipa::path(get, path = "/api/cluster", tag = "operations", security(("api_key" = [])),
+    responses((status = 200, description = "Every dbnode heard from", body = ClusterView), AuthRefused))]
 pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
     let nodes = state
         .presence
@@ -257,8 +259,8 @@ pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
 }
 
 /// List users in bytewise id order, a page at a time.
-#[utoipa::path(get, path = "/api/users", tag = "users", params(ListParams),
-    responses((status = 200, description = "A page", body = Page), Invalid, NeedsNode))]
+#[utoipa::path(get, path = "/api/users", tag = "users", security(("api_key" = [])), params(ListParams),
+    responses((status = 200, description = "A page", body = Page), Invalid, AuthRefused, NeedsNode))]
 pub async fn list_users(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -273,8 +275,8 @@ pub async fn list_users(
 }
 
 /// Count users, in total or in one group. Exact: counters move with the records.
-#[utoipa::path(get, path = "/api/users/count", tag = "users", params(CountParams),
-    responses((status = 200, description = "The count", body = Count), Invalid, NeedsNode))]
+#[utoipa::path(get, path = "/api/users/count", tag = "users", security(("api_key" = [])), params(CountParams),
+    responses((status = 200, description = "The count", body = Count), Invalid, AuthRefused, NeedsNode))]
 pub async fn count_users(
     State(state): State<AppState>,
     Query(params): Query<CountParams>,

@@ -26,6 +26,16 @@ struct Api {
 
 impl Api {
     fn new() -> Self {
+        Self::with_api_keys(None)
+    }
+
+    /// A router that wants API keys (the keys-file text).
+    fn authenticated(keys_file: &str) -> Self {
+        let keys = gateway::auth::ApiKeys::parse(keys_file).unwrap();
+        Self::with_api_keys(Some(Arc::new(keys)))
+    }
+
+    fn with_api_keys(api_keys: Option<Arc<gateway::auth::ApiKeys>>) -> Self {
         let store = Arc::new(MemoryStore::default());
         let keys = Arc::new(MemoryKeys::default());
         let state = AppState {
@@ -35,6 +45,7 @@ impl Api {
             keys: keys.clone(),
             keys_abandoned_after: Duration::from_secs(5),
             max_concurrent: MAX_CONCURRENT,
+            api_keys,
         };
         Self {
             store,
@@ -656,4 +667,143 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
         api.call(Method::GET, "/api/user/x").await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+/// Sends `request` with `Authorization: Bearer {key}`.
+fn bearer(key: &str, method: Method, uri: &str, body: Option<Value>) -> Request<Body> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {key}"));
+    match body {
+        Some(body) => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    }
+}
+
+fn keys_file() -> String {
+    use gateway::auth::hash;
+    format!(
+        "ops {} read,write,admin\nreader {} read\nwriter {} write\n",
+        hash("ops-key"),
+        hash("reader-key"),
+        hash("writer-key")
+    )
+}
+
+#[tokio::test]
+async fn without_a_valid_key_the_api_is_401_with_a_bearer_challenge() {
+    let api = Api::authenticated(&keys_file());
+    let (status, response, body) = api.call(Method::GET, "/api/user/ann").await;
+    assert_problem(status, &response, &body, 401);
+    assert_eq!(
+        response.headers()[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"ringstore\""
+    );
+    let (status, response, body) = api
+        .send(bearer("made-up", Method::GET, "/api/users", None))
+        .await;
+    assert_problem(status, &response, &body, 401);
+    assert_eq!(
+        response.headers()[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"ringstore\", error=\"invalid_token\""
+    );
+    // A key's hash is not a key.
+    let hashed = gateway::auth::hash("ops-key");
+    let (status, _, _) = api
+        .send(bearer(&hashed, Method::GET, "/api/users", None))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for open in ["/health", "/openapi.json"] {
+        assert_eq!(
+            api.call(Method::GET, open).await.0,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_call_needs_its_scope() {
+    let api = Api::authenticated(&keys_file());
+    let cases = [
+        ("reader-key", Method::GET, "/api/users", StatusCode::OK),
+        (
+            "reader-key",
+            Method::GET,
+            "/api/user/nobody",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "reader-key",
+            Method::POST,
+            "/api/user",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "reader-key",
+            Method::GET,
+            "/api/cluster",
+            StatusCode::FORBIDDEN,
+        ),
+        ("reader-key", Method::GET, "/metrics", StatusCode::FORBIDDEN),
+        (
+            "writer-key",
+            Method::GET,
+            "/api/users/count",
+            StatusCode::FORBIDDEN,
+        ),
+        ("writer-key", Method::POST, "/api/user", StatusCode::CREATED),
+        (
+            "writer-key",
+            Method::DELETE,
+            "/api/user/ann",
+            StatusCode::NO_CONTENT,
+        ),
+        ("ops-key", Method::GET, "/api/cluster", StatusCode::OK),
+        ("ops-key", Method::GET, "/metrics", StatusCode::OK),
+    ];
+    for (key, method, uri, expected) in cases {
+        let body = (method == Method::POST).then(ann);
+        let (status, response, problem) = api.send(bearer(key, method.clone(), uri, body)).await;
+        assert_eq!(status, expected, "{key} {method} {uri}: {problem}");
+        if status == StatusCode::FORBIDDEN {
+            assert_problem(status, &response, &problem, 403);
+        }
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_caller() {
+    let api = Api::authenticated(&keys_file());
+    let create = |key: &str| {
+        let mut request = bearer(
+            key,
+            Method::POST,
+            "/api/user",
+            Some(json!({"name": "Ann", "email": "ann@example.com", "group": 1})),
+        );
+        request
+            .headers_mut()
+            .insert("idempotency-key", "shared-key".parse().unwrap());
+        request
+    };
+    let (status, first, mine) = api.send(create("writer-key")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    // Another caller's use of the same key is its own request, not a replay of another's.
+    let (status, theirs_response, theirs) = api.send(create("ops-key")).await;
+    assert_eq!(status, StatusCode::CREATED, "{theirs}");
+    assert!(theirs_response
+        .headers()
+        .get("idempotent-replayed")
+        .is_none());
+    assert_ne!(mine["id"], theirs["id"]);
+    // The first caller's retry is still a replay of its own.
+    let (status, again, replayed) = api.send(create("writer-key")).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, mine));
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
 }

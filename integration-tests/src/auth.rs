@@ -66,3 +66,37 @@ pub fn nats_conf() -> PathBuf {
         None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats.conf")),
     }
 }
+
+/// A REST API key, as the gateway's `API_KEYS_FILE` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Its name (the caller its requests are made as).
+    pub name: String,
+    /// The secret a client sends as `Authorization: Bearer …`.
+    pub key: String,
+    /// Comma-separated: `read`, `write`, `admin`.
+    pub scopes: String,
+}
+
+impl ApiKey {
+    /// A fresh random key.
+    pub fn random(name: &str, scopes: &str) -> ApiKey {
+        let key = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        ApiKey {
+            name: name.into(),
+            key,
+            scopes: scopes.into(),
+        }
+    }
+
+    /// Its line in a keys file: the key itself is never written, only its SHA-256.
+    pub fn line(&self) -> String {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(self.key.as_bytes()));
+        format!("{} sha256:{digest} {}\n", self.name, self.scopes)
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
-use crate::{BinDir, Cluster, DbNode, Nats, NatsAuth};
+use crate::{ApiKey, BinDir, Cluster, DbNode, Nats, NatsAuth};
 
 /// Options for [`Cluster`]; [`ClusterBuilder::start`] brings it up.
 #[derive(Debug, Clone)]
@@ -127,6 +127,11 @@ impl ClusterBuilder {
                 }
             })
             .collect();
+        // REST authentication is on in every cluster test: the harness's client carries a key
+        // with every scope.
+        let api_key = ApiKey::random("harness", "read,write,admin");
+        let keys_file = dir.join("api-keys");
+        std::fs::write(&keys_file, api_key.line()).expect("the API keys file");
         let gateway = self.gateway.then(|| {
             let config = GatewayConfig {
                 nats_url: nats.url(),
@@ -134,7 +139,8 @@ impl ClusterBuilder {
                 read_from: self.read_from,
                 request_timeout: self.request_timeout,
             };
-            let gateway = Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config);
+            let gateway = Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config)
+                .with_api_keys(&keys_file);
             match nats.auth() {
                 Some(auth) => gateway.with_nats_user(&auth.gateway),
                 None => gateway,
@@ -145,7 +151,8 @@ impl ClusterBuilder {
             gateway,
             nodes,
             nats,
-            http: crate::http::client(),
+            http: crate::http::client(Some(&api_key.key)),
+            api_key,
             partitions,
             bins,
             dir,

@@ -24,6 +24,7 @@ pub struct Cluster {
     pub(crate) nodes: Vec<DbNode>,
     pub(crate) nats: Nats,
     pub(crate) http: reqwest::Client,
+    pub(crate) api_key: crate::ApiKey,
     pub(crate) partitions: u32,
     pub(crate) bins: BinDir,
     pub(crate) dir: PathBuf,
@@ -34,6 +35,12 @@ impl Cluster {
     /// A cluster of `nodes` dbnodes (and as many partitions) with the default options.
     pub async fn start(nodes: u32) -> Cluster {
         Cluster::builder().nodes(nodes).start().await
+    }
+
+    /// The API key the harness's client sends (every scope); its keys file is
+    /// `{dir}/api-keys`.
+    pub fn api_key(&self) -> &crate::ApiKey {
+        &self.api_key
     }
 
     /// Options: read-from, request timeout, gateway or not.

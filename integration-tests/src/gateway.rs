@@ -74,6 +74,14 @@ impl Gateway {
         }
     }
 
+    /// Asks for API keys (`API_KEYS_FILE`). Call before the first start.
+    pub fn with_api_keys(self, file: &Path) -> Gateway {
+        Gateway {
+            proc: self.proc.env("API_KEYS_FILE", file.display()),
+            ..self
+        }
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

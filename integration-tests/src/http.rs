@@ -12,11 +12,20 @@ use crate::Cluster;
 /// The client-side timeout of every request the helpers send.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The HTTP client: 10 s timeout, no proxy from the environment.
-pub(crate) fn client() -> reqwest::Client {
+/// The HTTP client: 10 s timeout, no proxy from the environment, and `key` (if any) as its
+/// bearer key on every request.
+pub fn client(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        let value = format!("Bearer {key}")
+            .parse()
+            .expect("a key is a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .no_proxy()
+        .default_headers(headers)
         .build()
         .expect("an HTTP client")
 }

@@ -42,12 +42,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use crate::auth::{nats_conf, NatsAuth, NatsUser};
+pub use crate::auth::{nats_conf, ApiKey, NatsAuth, NatsUser};
 pub use crate::builder::ClusterBuilder;
 pub use crate::cluster::Cluster;
 pub use crate::dbnode::DbNode;
 pub use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
-pub use crate::http::{encode_segment, send, user_path, REQUEST_TIMEOUT};
+pub use crate::http::{client, encode_segment, send, user_path, REQUEST_TIMEOUT};
 pub use crate::inspect::CopyReader;
 pub use crate::nats::Nats;
 pub use crate::reply::{etag, etag_of, expect, expect_problem, HttpReply};

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{eventually, expect, user_path, NatsAuth};
+use integration_tests::{eventually, expect, user_path, ApiKey, NatsAuth};
 use protocol::partition::partition_of;
 use protocol::{subjects, GetRequest, Op, Reply, Response, Role, User};
 use reqwest::StatusCode;
@@ -113,8 +113,12 @@ impl Deployment {
             nodes.push(node.start().await.expect("a dbnode container starts"));
         }
 
+        // REST authentication on, as in production: the keys file is copied in.
+        let api_key = ApiKey::random("containers", "read,write,admin");
         let gateway = GenericImage::new(GATEWAY_IMAGE.0, GATEWAY_IMAGE.1)
             .with_exposed_port(3001.tcp())
+            .with_copy_to("/tmp/api-keys", api_key.line().into_bytes())
+            .with_env_var("API_KEYS_FILE", "/tmp/api-keys")
             .with_network(&network)
             .with_container_name(format!("{prefix}-gateway"))
             .with_env_var("REST_PORT", "3001")
@@ -132,11 +136,7 @@ impl Deployment {
             .get_host_port_ipv4(3001.tcp())
             .await
             .expect("the gateway's port is mapped");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .expect("an HTTP client");
+        let http = integration_tests::client(Some(&api_key.key));
         let deployment = Deployment {
             prefix,
             auth,

@@ -121,8 +121,12 @@ async fn run(nemesis: Nemesis) {
 
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let mut auth = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", cluster.api_key().key);
+    auth.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
     let http = reqwest::Client::builder()
         .no_proxy()
+        .default_headers(auth)
         .build()
         .expect("an HTTP client");
     let mut rng = Rng(seed);

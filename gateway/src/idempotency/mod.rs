@@ -4,7 +4,8 @@
 //! response again, marked `Idempotent-Replayed: true`, and applies nothing; the same key with
 //! another fingerprint is 422; the same key while its first request is in progress is 409.
 //!
-//! Keys are global (one store for every gateway and partition) and live in the JetStream KV
+//! Keys belong to the caller (the API key's name, [`crate::auth::Caller`]), are shared by every
+//! gateway and partition and live in the JetStream KV
 //! bucket [`protocol::subjects::IDEMPOTENCY_BUCKET`], which forgets them by age (24 h by
 //! default). A key whose first request never finished (its gateway died) is taken over after
 //! [`AppState::keys_abandoned_after`]: the request id is the same, so the log still applies it
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::AppState;
 
@@ -184,10 +186,16 @@ pub async fn idempotent(State(state): State<AppState>, request: Request, next: N
     };
     let target = parts.uri.path_and_query().map_or("", |t| t.as_str());
     let fingerprint = digest(&[parts.method.as_str().as_bytes(), target.as_bytes(), &body]);
-    let store_key = digest(&[key.as_bytes()]);
+    // Keys are the caller's own: another API key with the same Idempotency-Key is another key
+    // (without authentication every caller is the same, and the key alone names it).
+    let scoped = match parts.extensions.get::<Caller>() {
+        Some(caller) if !caller.is_anonymous() => format!("{}\n{key}", caller.0),
+        _ => key.clone(),
+    };
+    let store_key = digest(&[scoped.as_bytes()]);
     let request_id = format!(
         "idem:{}",
-        &digest(&[key.as_bytes(), fingerprint.as_bytes()])[..32]
+        &digest(&[scoped.as_bytes(), fingerprint.as_bytes()])[..32]
     );
     parts.extensions.insert(KeyedRequest(request_id));
 
