@@ -45,6 +45,11 @@ pub struct Config {
     /// healthchecks).
     #[arg(long)]
     pub check: bool,
+    /// Do not run: create every partition's log stream and the Idempotency-Key bucket if they
+    /// do not exist, then exit (0 on success). Run it once per deployment with an identity
+    /// that may create streams (`admin` in nats.conf); the nodes' own identities may not.
+    #[arg(long, conflicts_with = "check")]
+    pub provision: bool,
     /// Logging.
     #[command(flatten)]
     pub log: telemetry::LogConfig,

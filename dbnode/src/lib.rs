@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Config;
-use protocol::{NodeState, PartitionMap};
+use protocol::{subjects, NodeState, PartitionMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,23 +38,34 @@ pub enum NodeError {
     /// NATS refused something that must work (bad URL, subscription refused).
     #[error("nats: {0}")]
     Nats(#[from] async_nats::Error),
+    /// A signal came before the work was done.
+    #[error("interrupted")]
+    Interrupted,
     /// Another live process serves this node id.
     #[error("another live process already serves {0}; refusing to start a second one")]
     DuplicateNode(protocol::NodeId),
 }
 
+/// Logs in as `NATS_USER` (if set), with replies under `_INBOX.{user}.`: nats.conf lets each
+/// identity subscribe only to its own inbox space, so no one reads another's replies.
+fn login(config: &Config, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+    match (&config.nats_user, &config.nats_password) {
+        (Some(user), Some(password)) => options
+            .user_and_password(user.clone(), password.clone())
+            .custom_inbox_prefix(format!("{}{user}", subjects::INBOX_PREFIX)),
+        _ => options,
+    }
+}
+
 /// Connects to NATS, retrying in the background until the server is reachable.
 pub async fn connect(config: &Config) -> Result<async_nats::Client, NodeError> {
-    let mut options = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name(format!("ringstore-{}", config.db_instance_id))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(Duration::from_secs(5))
         .event_callback(|event| async move { info!(%event, "nats") });
-    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    options
+    login(config, options)
         .connect(&config.nats_url)
         .await
         .map_err(|e| NodeError::Nats(e.into()))
@@ -81,16 +92,48 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
 /// For container healthchecks: true if the live process serving `DB_INSTANCE_ID` has caught
 /// up and serves requests.
 pub async fn check(config: &Config) -> bool {
-    let mut options = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name(format!("ringstore-{}-check", config.db_instance_id))
         .connection_timeout(Duration::from_secs(2));
-    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    let Ok(client) = options.connect(&config.nats_url).await else {
+    let Ok(client) = login(config, options).connect(&config.nats_url).await else {
         return false;
     };
     presence::node_state(&client, config.db_instance_id).await == Some(NodeState::Ready)
+}
+
+/// `dbnode --provision`: creates every partition's log stream and the Idempotency-Key bucket
+/// where they do not exist yet (retrying until NATS answers or `shutdown`), so that the nodes
+/// need no right to create or change a stream.
+pub async fn provision(config: &Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let client = connect(config).await?;
+    let dedupe = Duration::from_secs(config.duplicate_window_secs);
+    for p in PartitionMap::new(config.partitions).all() {
+        retry("creating the log stream", &shutdown, || {
+            PartitionLog::ensure(&client, p, dedupe)
+        })
+        .await
+        .ok_or(NodeError::Interrupted)?;
+        info!(
+            partition = p,
+            stream = subjects::stream_name(p),
+            "log stream provisioned"
+        );
+    }
+    let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
+    retry("creating the idempotency-key bucket", &shutdown, || {
+        log::ensure_idempotency_bucket(&client, ttl)
+    })
+    .await
+    .ok_or(NodeError::Interrupted)?;
+    info!(
+        bucket = subjects::IDEMPOTENCY_BUCKET,
+        "idempotency-key bucket provisioned"
+    );
+    client
+        .drain()
+        .await
+        .map_err(|e| NodeError::Nats(e.into()))?;
+    Ok(())
 }
 
 /// Forgets request outcomes older than `retention` or beyond the last `keep` writes of each

@@ -16,6 +16,15 @@ async fn main() -> std::process::ExitCode {
         };
     }
     let _log_guard = config.log.init(&config.db_instance_id.to_string());
+    if config.provision {
+        return match dbnode::provision(&config, shutdown_on(signals)).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dbnode --provision: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
     match dbnode::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -25,6 +34,13 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A token cancelled by the first signal.
+fn shutdown_on(signals: Signals) -> CancellationToken {
+    let token = CancellationToken::new();
+    tokio::spawn(signals.cancel_on_first(token.clone()));
+    token
 }
 
 /// SIGINT and SIGTERM, caught from the moment [`Signals::install`] returns.

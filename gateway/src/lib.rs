@@ -96,8 +96,11 @@ async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         .max_reconnects(None)
         .ping_interval(Duration::from_secs(5))
         .event_callback(|event| async move { info!(%event, "nats") });
+    // Replies under `_INBOX.{user}.`: nats.conf lets each identity read only its own.
     if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options
+            .user_and_password(user.clone(), password.clone())
+            .custom_inbox_prefix(format!("{}{user}", protocol::subjects::INBOX_PREFIX));
     }
     Ok(options.connect(&config.nats_url).await?)
 }

@@ -1,12 +1,12 @@
-//! [`NatsAuth`]: the users of the repository's `nats.conf` (one per role) and their passwords,
-//! which nats-server reads from its environment.
+//! [`NatsAuth`]: the users of the repository's `nats.conf` (one per role, one per dbnode) and
+//! their passwords, which nats-server reads from its environment.
 
 use std::path::PathBuf;
 
 /// One NATS user: what a process gets as `NATS_USER` / `NATS_PASSWORD`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsUser {
-    /// The user name (`gateway`, `dbnode` or `admin` in `nats.conf`).
+    /// The user name (`gateway`, `db-0`.. or `admin` in `nats.conf`).
     pub user: String,
     /// Its password.
     pub password: String,
@@ -20,20 +20,23 @@ impl NatsUser {
         }
     }
 
-    /// Client options that log in as this user.
+    /// Client options that log in as this user, with replies under `_INBOX.{user}.` as the
+    /// real processes do (the only inbox space nats.conf lets the user read).
     pub fn connect_options(&self) -> async_nats::ConnectOptions {
         async_nats::ConnectOptions::with_user_and_password(self.user.clone(), self.password.clone())
+            .custom_inbox_prefix(format!("_INBOX.{}", self.user))
     }
 }
 
-/// The three users of `nats.conf`: the gateway's, the dbnodes' (shared by every node) and an
-/// admin with every permission (operators, the `nats` CLI, the tests' own clients).
+/// The users of `nats.conf`: the gateway's, one per dbnode (`db-0`, `db-1`, `db-2`) and an
+/// admin with every permission (provisioning, operators, the `nats` CLI, the tests' own
+/// clients).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsAuth {
     /// User `gateway`: requests `ringstore.part.>`, hears presence.
     pub gateway: NatsUser,
-    /// User `dbnode`: serves partitions, writes and tails the logs.
-    pub dbnode: NatsUser,
+    /// Users `db-{i}`: serve their own two partitions, write and tail their logs.
+    pub nodes: Vec<NatsUser>,
     /// User `admin`: everything.
     pub admin: NatsUser,
 }
@@ -44,18 +47,31 @@ impl NatsAuth {
         let password = || uuid::Uuid::new_v4().simple().to_string();
         NatsAuth {
             gateway: NatsUser::new("gateway", password()),
-            dbnode: NatsUser::new("dbnode", password()),
+            nodes: (0..3)
+                .map(|i| NatsUser::new(&format!("db-{i}"), password()))
+                .collect(),
             admin: NatsUser::new("admin", password()),
         }
     }
 
+    /// The identity of dbnode `db-{i}`.
+    pub fn node(&self, i: u32) -> &NatsUser {
+        &self.nodes[i as usize]
+    }
+
     /// The environment nats-server needs to load `nats.conf` with these passwords.
-    pub fn server_env(&self) -> [(&'static str, &str); 3] {
-        [
-            ("NATS_GATEWAY_PASSWORD", &self.gateway.password),
-            ("NATS_DBNODE_PASSWORD", &self.dbnode.password),
-            ("NATS_ADMIN_PASSWORD", &self.admin.password),
-        ]
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "NATS_GATEWAY_PASSWORD".into(),
+                self.gateway.password.clone(),
+            ),
+            ("NATS_ADMIN_PASSWORD".into(), self.admin.password.clone()),
+        ];
+        for (i, node) in self.nodes.iter().enumerate() {
+            env.push((format!("NATS_DB{i}_PASSWORD"), node.password.clone()));
+        }
+        env
     }
 }
 

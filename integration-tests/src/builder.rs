@@ -122,11 +122,24 @@ impl ClusterBuilder {
                     node = node.with_env(key, value);
                 }
                 match nats.auth() {
-                    Some(auth) => node.with_nats_user(&auth.dbnode),
+                    Some(auth) => node.with_nats_user(auth.node(i)),
                     None => node,
                 }
             })
             .collect();
+        // With nats.conf the nodes may not create streams: provision them first, as an
+        // operator does. (On an open server the nodes create their own.)
+        if let Some(auth) = nats.auth() {
+            crate::dbnode::provision(
+                &bins.dbnode,
+                &nats.url(),
+                &auth.admin,
+                partitions,
+                &self.dbnode_env,
+                &logs.join("provision.log"),
+            )
+            .await;
+        }
         // REST authentication is on in every cluster test: the harness's client carries a key
         // with every scope.
         let api_key = ApiKey::random("harness", "read,write,admin");

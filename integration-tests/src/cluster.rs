@@ -113,11 +113,28 @@ impl Cluster {
             self.partitions,
         );
         let mut node = match self.nats.auth() {
-            Some(auth) => node.with_nats_user(&auth.dbnode),
+            Some(auth) => node.with_nats_user(auth.node(index)),
             None => node,
         };
         node.start();
         node
+    }
+
+    /// Runs `dbnode --provision` again (e.g. after deleting a log stream), as `admin`.
+    pub async fn provision(&self) {
+        let auth = self
+            .nats
+            .auth()
+            .expect("provisioning needs nats.conf's admin");
+        crate::dbnode::provision(
+            &self.bins.dbnode,
+            &self.nats.url(),
+            &auth.admin,
+            self.partitions,
+            &[],
+            &self.logs_dir().join("provision-again.log"),
+        )
+        .await;
     }
 
     /// A new NATS client connected to the cluster's server (5 s connect timeout), logged in as

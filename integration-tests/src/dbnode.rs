@@ -145,3 +145,39 @@ impl DbNode {
         }
     }
 }
+
+/// Runs `dbnode --provision` as `admin`: creates every partition's log stream and the
+/// Idempotency-Key bucket, as an operator does once per deployment (the nodes' own identities
+/// may not create streams). `env` is passed on (e.g. `DUPLICATE_WINDOW_SECS`, a property of
+/// the streams it creates). Panics with its log if it fails or takes over 30 s.
+pub async fn provision(
+    bin: &Path,
+    nats_url: &str,
+    admin: &NatsUser,
+    partitions: u32,
+    env: &[(String, String)],
+    log: &Path,
+) {
+    let out = std::fs::File::create(log).expect("the provisioning log");
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .arg("--provision")
+        .env("NATS_URL", nats_url)
+        .env("NATS_USER", &admin.user)
+        .env("NATS_PASSWORD", &admin.password)
+        .env("PARTITIONS", partitions.to_string())
+        .env("LOG_FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .stdout(out.try_clone().expect("log handle"))
+        .stderr(out)
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), command.status()).await;
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    match status {
+        Ok(Ok(status)) if status.success() => {}
+        other => panic!("dbnode --provision failed ({other:?}):\n{}", text()),
+    }
+}

@@ -52,7 +52,7 @@ impl Nats {
                 .arg("-m")
                 .arg(crate::free_port().to_string());
             for (key, value) in auth.server_env() {
-                proc = proc.env(key, value);
+                proc = proc.env(&key, value);
             }
         }
         let proc = proc

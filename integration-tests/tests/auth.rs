@@ -76,8 +76,8 @@ async fn nats_refuses_clients_without_the_right_password() {
     eprintln!("== phase: no credentials, a wrong password, an unknown user: refused");
     assert!(connect(async_nats::ConnectOptions::new()).await.is_err());
     let wrong = NatsUser {
-        user: "dbnode".into(),
-        password: "dbnode-local".into(),
+        user: "db-0".into(),
+        password: "db-0-local".into(),
     };
     assert!(connect(wrong.connect_options()).await.is_err());
     let stranger = NatsUser {
@@ -86,8 +86,21 @@ async fn nats_refuses_clients_without_the_right_password() {
     };
     assert!(connect(stranger.connect_options()).await.is_err());
 
-    eprintln!("== phase: each role with its password: accepted");
-    for user in [&auth.gateway, &auth.dbnode, &auth.admin] {
+    eprintln!("== phase: one node's password is not another's");
+    let borrowed = NatsUser {
+        user: "db-1".into(),
+        password: auth.node(0).password.clone(),
+    };
+    assert!(connect(borrowed.connect_options()).await.is_err());
+
+    eprintln!("== phase: each identity with its password: accepted");
+    for user in [
+        &auth.gateway,
+        auth.node(0),
+        auth.node(1),
+        auth.node(2),
+        &auth.admin,
+    ] {
         let client = connect(user.connect_options()).await;
         assert!(client.is_ok(), "{}: {:?}", user.user, client.err());
     }
@@ -149,27 +162,95 @@ async fn every_dbnode_answers_srv_ping_and_each_role_is_held_to_its_subjects() {
         })
         .await;
 
-    eprintln!("== phase: a dbnode may not destroy a log or post into other clients' inboxes");
-    let mut dbnode = connect_as(&cluster, &auth.dbnode).await;
-    let client = dbnode.client.clone();
-    dbnode
-        .refused("dbnode deletes stream RINGSTORE_P0", async {
-            let delete = client.request("$JS.API.STREAM.DELETE.RINGSTORE_P0", "".into());
-            let _ = tokio::time::timeout(Duration::from_millis(500), delete).await;
+    gateway
+        .refused("gateway reads a dbnode's replies (_INBOX.db-1.>)", async {
+            let _ = client.subscribe("_INBOX.db-1.>").await;
         })
         .await;
-    dbnode
-        .refused("dbnode publishes to _INBOX.someone", async {
-            let _ = client.publish("_INBOX.someone", "{}".into()).await;
+    gateway
+        .refused("gateway reads every reply (_INBOX.>)", async {
+            let _ = client.subscribe("_INBOX.>").await;
         })
         .await;
+
+    eprintln!("== phase: db-1 (P1 primary, P0 replica) is held to its own partitions and logs");
+    let mut db1 = connect_as(&cluster, auth.node(1)).await;
+    let client = db1.client.clone();
+    let request = |subject: &'static str, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let call = client.request(subject, body.into());
+            let _ = tokio::time::timeout(Duration::from_millis(500), call).await;
+        }
+    };
+    // Each of these was an attack with the shared `dbnode` login of the previous nats.conf.
+    let shrink = r#"{"name":"RINGSTORE_P1","subjects":["ringstore.log.1.>"],"max_msgs":1}"#;
+    db1.refused(
+        "db-1 shrinks its own log (STREAM.UPDATE)",
+        request("$JS.API.STREAM.UPDATE.RINGSTORE_P1", shrink),
+    )
+    .await;
+    let seal = r#"{"name":"RINGSTORE_P0","subjects":["ringstore.log.0.>"],"sealed":true}"#;
+    db1.refused(
+        "db-1 seals P0's log",
+        request("$JS.API.STREAM.UPDATE.RINGSTORE_P0", seal),
+    )
+    .await;
+    let hijack = r#"{"name":"HIJACK","subjects":["ringstore.part.>"]}"#;
+    db1.refused(
+        "db-1 creates a stream on request subjects",
+        request("$JS.API.STREAM.CREATE.HIJACK", hijack),
+    )
+    .await;
+    db1.refused(
+        "db-1 deletes stream RINGSTORE_P0",
+        request("$JS.API.STREAM.DELETE.RINGSTORE_P0", ""),
+    )
+    .await;
+    db1.refused(
+        "db-1 purges stream RINGSTORE_P1",
+        request("$JS.API.STREAM.PURGE.RINGSTORE_P1", ""),
+    )
+    .await;
+    db1.refused("db-1 writes P2's log", async {
+        let _ = client.publish("ringstore.log.2.6131", "{}".into()).await;
+    })
+    .await;
+    db1.refused("db-1 serves P2's requests", async {
+        let _ = client.subscribe("ringstore.part.2.primary.>").await;
+    })
+    .await;
+    db1.refused("db-1 publishes db-0's presence", async {
+        let _ = client.publish("ringstore.presence.db-0", "{}".into()).await;
+    })
+    .await;
+    db1.refused("db-1 answers db-0's pings", async {
+        let _ = client.subscribe("ringstore.node.db-0").await;
+    })
+    .await;
+    db1.refused("db-1 reads the gateway's replies", async {
+        let _ = client.subscribe("_INBOX.gateway.>").await;
+    })
+    .await;
+    db1.refused("db-1 publishes into someone's inbox", async {
+        let _ = client.publish("_INBOX.gateway.x", "{}".into()).await;
+    })
+    .await;
 
     eprintln!("== phase: nothing was harmed: the logs exist and the record reads back");
     let js = async_nats::jetstream::new(cluster.nats_client().await);
     for p in 0..3 {
-        js.get_stream(format!("RINGSTORE_P{p}"))
+        let mut stream = js
+            .get_stream(format!("RINGSTORE_P{p}"))
             .await
             .unwrap_or_else(|e| panic!("stream RINGSTORE_P{p}: {e}"));
+        let info = stream.info().await.expect("stream info");
+        assert_eq!(info.config.max_messages, -1, "P{p} not shrunk");
+        assert!(!info.config.sealed, "P{p} not sealed");
     }
+    assert!(
+        js.get_stream("HIJACK").await.is_err(),
+        "no stream was created"
+    );
     assert_eq!(expect(cluster.get("a1").await, 200).await.json(), record);
 }

@@ -97,6 +97,25 @@ impl Deployment {
         }
         let nats = nats.start().await.expect("the nats container starts");
 
+        // The operator's step: the nodes may not create streams, `dbnode --provision` as
+        // admin does (a one-shot container of the dbnode image).
+        GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1)
+            .with_wait_for(WaitFor::message_on_either_std(
+                "idempotency-key bucket provisioned",
+            ))
+            .with_network(&network)
+            .with_container_name(format!("{prefix}-provision"))
+            .with_cmd(["--provision"])
+            .with_env_var("NATS_URL", &nats_url)
+            .with_env_var("NATS_USER", &auth.admin.user)
+            .with_env_var("NATS_PASSWORD", &auth.admin.password)
+            .with_env_var("PARTITIONS", NODES.to_string())
+            .with_env_var("LOG_FORMAT", "pretty")
+            .with_env_var("NO_COLOR", "1")
+            .start()
+            .await
+            .expect("dbnode --provision runs");
+
         let mut nodes = Vec::new();
         for i in 0..NODES {
             let node = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1)
@@ -104,8 +123,8 @@ impl Deployment {
                 .with_container_name(format!("{prefix}-db-{i}"))
                 .with_env_var("DB_INSTANCE_ID", format!("db-{i}"))
                 .with_env_var("NATS_URL", &nats_url)
-                .with_env_var("NATS_USER", &auth.dbnode.user)
-                .with_env_var("NATS_PASSWORD", &auth.dbnode.password)
+                .with_env_var("NATS_USER", &auth.node(i).user)
+                .with_env_var("NATS_PASSWORD", &auth.node(i).password)
                 .with_env_var("PARTITIONS", NODES.to_string())
                 .with_env_var("LOG_FORMAT", "pretty")
                 .with_env_var("NO_COLOR", "1")

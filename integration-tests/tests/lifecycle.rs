@@ -43,7 +43,8 @@ async fn copies_of_a_recreated_log_start_over_from_it_instead_of_wedging() {
         .await
         .expect("the admin deletes the stream");
 
-    eprintln!("== phase: db-1 starts, creates a new log, and starts its copy over");
+    eprintln!("== phase: the operator provisions a new log; db-1 starts its copy over");
+    cluster.provision().await;
     cluster.node(1).start();
     cluster.wait_node_ready(1).await;
     cluster.wait_ready().await;
