@@ -14,15 +14,9 @@ pub struct Config {
     /// RocksDB directory.
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://localhost:4222")]
-    pub nats_url: String,
-    /// NATS user (with `NATS_PASSWORD`); unset = no authentication.
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    /// NATS: servers, credentials, TLS.
+    #[command(flatten)]
+    pub nats: runtime::NatsConfig,
     /// Number of partitions (and nodes) in the ring.
     #[arg(long, env = "PARTITIONS", default_value_t = 3)]
     pub partitions: u32,
@@ -52,5 +46,14 @@ pub struct Config {
     pub provision: bool,
     /// Logging.
     #[command(flatten)]
-    pub log: telemetry::LogConfig,
+    pub log: runtime::LogConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_and_variables_are_consistent() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
 }

@@ -46,29 +46,14 @@ pub enum NodeError {
     DuplicateNode(protocol::NodeId),
 }
 
-/// Logs in as `NATS_USER` (if set), with replies under `_INBOX.{user}.`: nats.conf lets each
-/// identity subscribe only to its own inbox space, so no one reads another's replies.
-fn login(config: &Config, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
-    match (&config.nats_user, &config.nats_password) {
-        (Some(user), Some(password)) => options
-            .user_and_password(user.clone(), password.clone())
-            .custom_inbox_prefix(format!("{}{user}", subjects::INBOX_PREFIX)),
-        _ => options,
-    }
-}
-
-/// Connects to NATS, retrying in the background until the server is reachable.
+/// Connects to NATS, retrying in the background until a server is reachable.
 pub async fn connect(config: &Config) -> Result<async_nats::Client, NodeError> {
-    let options = async_nats::ConnectOptions::new()
-        .name(format!("ringstore-{}", config.db_instance_id))
+    let options = config
+        .nats
+        .options(format!("ringstore-{}", config.db_instance_id))
         .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ping_interval(Duration::from_secs(5))
         .event_callback(|event| async move { info!(%event, "nats") });
-    login(config, options)
-        .connect(&config.nats_url)
-        .await
-        .map_err(|e| NodeError::Nats(e.into()))
+    config.nats.connect(options).await.map_err(NodeError::Nats)
 }
 
 /// Retries `attempt` every second until it succeeds or `shutdown` fires.
@@ -92,10 +77,11 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
 /// For container healthchecks: true if the live process serving `DB_INSTANCE_ID` has caught
 /// up and serves requests.
 pub async fn check(config: &Config) -> bool {
-    let options = async_nats::ConnectOptions::new()
-        .name(format!("ringstore-{}-check", config.db_instance_id))
+    let options = config
+        .nats
+        .options(format!("ringstore-{}-check", config.db_instance_id))
         .connection_timeout(Duration::from_secs(2));
-    let Ok(client) = login(config, options).connect(&config.nats_url).await else {
+    let Ok(client) = config.nats.connect(options).await else {
         return false;
     };
     presence::node_state(&client, config.db_instance_id).await == Some(NodeState::Ready)
@@ -190,7 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
     let storage = Storage::open(&config.data_dir, &ids)?;
 
-    info!(url = config.nats_url, "connecting to NATS");
+    info!(url = config.nats.url, "connecting to NATS");
     let client = connect(&config).await?;
     while client.connection_state() != async_nats::connection::State::Connected {
         tokio::select! {

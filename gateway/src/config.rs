@@ -18,15 +18,9 @@ pub struct Config {
     /// HTTP port.
     #[arg(long, env = "REST_PORT", default_value_t = 3001)]
     pub rest_port: u16,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://localhost:4222")]
-    pub nats_url: String,
-    /// NATS user (with `NATS_PASSWORD`); unset = no authentication.
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    /// NATS: servers, credentials, TLS.
+    #[command(flatten)]
+    pub nats: runtime::NatsConfig,
     /// Number of partitions in the ring.
     #[arg(long, env = "PARTITIONS", default_value_t = 3)]
     pub partitions: u32,
@@ -47,14 +41,29 @@ pub struct Config {
     /// unset = no REST authentication (local development only).
     #[arg(long, env = "API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM), with `TLS_KEY`; unset = plain HTTP.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The HTTPS certificate's private key (PEM).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Logging.
     #[command(flatten)]
-    pub log: telemetry::LogConfig,
+    pub log: runtime::LogConfig,
 }
 
 impl Config {
     /// `REQUEST_TIMEOUT_MS` as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_and_variables_are_consistent() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
     }
 }

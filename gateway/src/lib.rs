@@ -88,27 +88,28 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Connects to NATS, retrying in the background until the server is reachable.
+/// Connects to NATS, retrying in the background until a server is reachable.
 async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("ringstore-gateway")
+    let options = config
+        .nats
+        .options("ringstore-gateway")
         .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ping_interval(Duration::from_secs(5))
         .event_callback(|event| async move { info!(%event, "nats") });
-    // Replies under `_INBOX.{user}.`: nats.conf lets each identity read only its own.
-    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options
-            .user_and_password(user.clone(), password.clone())
-            .custom_inbox_prefix(format!("{}{user}", protocol::subjects::INBOX_PREFIX));
-    }
-    Ok(options.connect(&config.nats_url).await?)
+    config
+        .nats
+        .connect(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("NATS: {e}"))
 }
 
 /// Serves the REST API until `shutdown`, then stops accepting, finishes in-flight requests
 /// and drains NATS.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    info!(url = config.nats_url, "connecting to NATS");
+    info!(url = config.nats.url, "connecting to NATS");
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let api_keys = match &config.api_keys_file {
         Some(path) => {
             let keys = auth::ApiKeys::load(path)?;
@@ -146,9 +147,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(%addr, read_from = ?config.read_from, "serving HTTP");
+    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+    info!(%addr, read_from = ?config.read_from, "serving {scheme}");
     let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
-    server::serve(listener, app(state), header_timeout, shutdown.clone()).await;
+    server::serve(listener, app(state), header_timeout, tls, shutdown.clone()).await;
     info!("shutting down");
     shutdown.cancel();
     follower.await?;

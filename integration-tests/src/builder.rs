@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
-use crate::{ApiKey, BinDir, Cluster, DbNode, Nats, NatsAuth};
+use crate::{ApiKey, BinDir, Cluster, DbNode, Nats, NatsAuth, TlsFiles};
 
 /// Options for [`Cluster`]; [`ClusterBuilder::start`] brings it up.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub struct ClusterBuilder {
     gateway: bool,
     ready_timeout: Duration,
     auth: bool,
+    tls: bool,
     dbnode_env: Vec<(String, String)>,
 }
 
@@ -30,12 +31,20 @@ impl Default for ClusterBuilder {
             gateway: true,
             ready_timeout: Duration::from_secs(30),
             auth: true,
+            tls: false,
             dbnode_env: Vec::new(),
         }
     }
 }
 
 impl ClusterBuilder {
+    /// TLS everywhere: NATS requires it of every client (the processes verify it with a CA
+    /// made for this cluster) and the gateway serves HTTPS.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Number of dbnodes, `db-0..db-{n-1}` (default 3).
     pub fn nodes(mut self, nodes: u32) -> Self {
         self.nodes = nodes;
@@ -87,7 +96,7 @@ impl ClusterBuilder {
 
     /// Starts NATS, the dbnodes and the gateway, and waits until every node announces
     /// `ready` and the gateway answers `GET /ready` with 200.
-    pub async fn start(self) -> Cluster {
+    pub async fn start(mut self) -> Cluster {
         let bins = BinDir::locate(self.gateway);
         let temp = tempfile::Builder::new()
             .prefix("ringstore-cluster-")
@@ -108,8 +117,13 @@ impl ClusterBuilder {
         );
 
         let nats_log = logs.join("nats.log");
+        let tls = self.tls.then(|| TlsFiles::generate(&dir));
+        if let Some(tls) = &tls {
+            self.dbnode_env
+                .push(("NATS_TLS_CA".into(), tls.ca.display().to_string()));
+        }
         let nats = if self.auth {
-            Nats::start_with_config(&dir, &nats_log, NatsAuth::random()).await
+            Nats::start_secured(&dir, &nats_log, NatsAuth::random(), tls.clone()).await
         } else {
             Nats::start(&dir, &nats_log).await
         };
@@ -152,8 +166,13 @@ impl ClusterBuilder {
                 read_from: self.read_from,
                 request_timeout: self.request_timeout,
             };
-            let gateway = Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config)
+            let mut gateway = Gateway::new(&bins.gateway, &logs.join("gateway.log"), &config)
                 .with_api_keys(&keys_file);
+            if let Some(tls) = &tls {
+                gateway = gateway
+                    .with_env("NATS_TLS_CA", tls.ca.display())
+                    .with_https(tls);
+            }
             match nats.auth() {
                 Some(auth) => gateway.with_nats_user(&auth.gateway),
                 None => gateway,
@@ -164,7 +183,7 @@ impl ClusterBuilder {
             gateway,
             nodes,
             nats,
-            http: crate::http::client(Some(&api_key.key)),
+            http: crate::http::client_trusting(Some(&api_key.key), tls.as_ref()),
             api_key,
             partitions,
             bins,

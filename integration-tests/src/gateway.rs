@@ -45,6 +45,7 @@ pub struct GatewayConfig {
 pub struct Gateway {
     port: u16,
     proc: Proc,
+    https: bool,
 }
 
 impl Gateway {
@@ -60,7 +61,30 @@ impl Gateway {
             .env("RUST_LOG", "info,gateway=debug")
             .env("LOG_FORMAT", "pretty")
             .env("NO_COLOR", "1");
-        Gateway { port, proc }
+        Gateway {
+            port,
+            proc,
+            https: false,
+        }
+    }
+
+    /// Sets an environment variable. Call before the first start.
+    pub fn with_env(self, key: &str, value: impl std::fmt::Display) -> Gateway {
+        Gateway {
+            proc: self.proc.env(key, value),
+            ..self
+        }
+    }
+
+    /// Serves HTTPS with `tls`'s certificate (`TLS_CERT`, `TLS_KEY`). Call before the first
+    /// start.
+    pub fn with_https(self, tls: &crate::TlsFiles) -> Gateway {
+        Gateway {
+            https: true,
+            ..self
+                .with_env("TLS_CERT", tls.cert.display())
+                .with_env("TLS_KEY", tls.key.display())
+        }
     }
 
     /// Logs in to NATS as `user` (`NATS_USER`, `NATS_PASSWORD`). Call before the first start.
@@ -82,9 +106,10 @@ impl Gateway {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when it serves HTTPS).
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The REST port.

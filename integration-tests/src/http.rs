@@ -15,6 +15,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP client: 10 s timeout, no proxy from the environment, and `key` (if any) as its
 /// bearer key on every request.
 pub fn client(key: Option<&str>) -> reqwest::Client {
+    client_trusting(key, None)
+}
+
+/// As [`client`], also trusting `tls`'s CA (for a gateway that serves HTTPS).
+pub fn client_trusting(key: Option<&str>, tls: Option<&crate::TlsFiles>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = key {
         let value = format!("Bearer {key}")
@@ -22,12 +27,14 @@ pub fn client(key: Option<&str>) -> reqwest::Client {
             .expect("a key is a header value");
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .no_proxy()
-        .default_headers(headers)
-        .build()
-        .expect("an HTTP client")
+        .default_headers(headers);
+    if let Some(tls) = tls {
+        builder = builder.add_root_certificate(tls.reqwest_ca());
+    }
+    builder.build().expect("an HTTP client")
 }
 
 /// Percent-encodes `s` as one URL path segment: every byte except the unreserved characters

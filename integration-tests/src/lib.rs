@@ -35,6 +35,7 @@ mod inspect;
 mod nats;
 mod process;
 mod reply;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ pub use crate::http::{client, encode_segment, send, user_path, REQUEST_TIMEOUT};
 pub use crate::inspect::CopyReader;
 pub use crate::nats::Nats;
 pub use crate::reply::{etag, etag_of, expect, expect_problem, HttpReply};
+pub use crate::tls::TlsFiles;
 
 /// How often [`eventually`] polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

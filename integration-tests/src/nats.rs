@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::auth::{nats_conf, NatsAuth};
 use crate::process::{tail, Proc};
+use crate::tls::TlsFiles;
 
 /// How long a starting nats-server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -21,6 +22,7 @@ pub struct Nats {
     port: u16,
     store: PathBuf,
     auth: Option<NatsAuth>,
+    tls: Option<TlsFiles>,
 }
 
 impl Nats {
@@ -29,7 +31,7 @@ impl Nats {
     /// it accepts TCP connections.
     /// Anyone may connect and do anything: no users.
     pub async fn start(dir: &Path, log: &Path) -> Nats {
-        Nats::launch(dir, log, None).await
+        Nats::launch(dir, log, None, None).await
     }
 
     /// Starts `nats-server -c nats.conf` (the repository's, or `$RINGSTORE_NATS_CONF`) with
@@ -37,10 +39,21 @@ impl Nats {
     /// and the store directory (`-p <free> -m <free> -sd <dir>/js`, on 127.0.0.1): the
     /// permissions of every role are the production ones.
     pub async fn start_with_config(dir: &Path, log: &Path, auth: NatsAuth) -> Nats {
-        Nats::launch(dir, log, Some(auth)).await
+        Nats::launch(dir, log, Some(auth), None).await
     }
 
-    async fn launch(dir: &Path, log: &Path, auth: Option<NatsAuth>) -> Nats {
+    /// As [`Nats::start_with_config`], and with `tls` every client must speak TLS
+    /// (`--tls --tlscert --tlskey`).
+    pub async fn start_secured(
+        dir: &Path,
+        log: &Path,
+        auth: NatsAuth,
+        tls: Option<TlsFiles>,
+    ) -> Nats {
+        Nats::launch(dir, log, Some(auth), tls).await
+    }
+
+    async fn launch(dir: &Path, log: &Path, auth: Option<NatsAuth>, tls: Option<TlsFiles>) -> Nats {
         let port = crate::free_port();
         let store = dir.join("js");
         let program = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
@@ -55,6 +68,14 @@ impl Nats {
                 proc = proc.env(&key, value);
             }
         }
+        if let Some(tls) = &tls {
+            proc = proc
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(tls.cert.display().to_string())
+                .arg("--tlskey")
+                .arg(tls.key.display().to_string());
+        }
         let proc = proc
             .arg("-js")
             .arg("-a")
@@ -68,6 +89,7 @@ impl Nats {
             port,
             store,
             auth,
+            tls,
         };
         nats.restart().await;
         nats
@@ -81,10 +103,21 @@ impl Nats {
     /// Client options for the tests' own connections: the admin user when the server has
     /// users, else none.
     pub fn admin_options(&self) -> async_nats::ConnectOptions {
-        match &self.auth {
+        let options = match &self.auth {
             Some(auth) => auth.admin.connect_options(),
             None => async_nats::ConnectOptions::new(),
+        };
+        match &self.tls {
+            Some(tls) => options
+                .require_tls(true)
+                .add_root_certificates(tls.ca.clone()),
+            None => options,
         }
+    }
+
+    /// The TLS files, for a server that requires TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -1,6 +1,6 @@
-//! Logging set-up shared by the gateway and the dbnode: `RUST_LOG` filtering (our crates at
+//! Logging: `RUST_LOG` filtering (our crates at
 //! `info` by default), `LOG_FORMAT` (`pretty` or `json`) and `LOG_DIR` (also write
-//! daily-rolled files there). Kept apart from `protocol`, which does no I/O.
+//! daily-rolled files there).
 
 use std::path::PathBuf;
 
