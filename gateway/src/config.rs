@@ -28,8 +28,15 @@ pub struct Config {
     #[arg(long, env = "READ_FROM", value_enum, default_value = "replica")]
     pub read_from: ReadFrom,
     /// How long one HTTP request may wait for dbnodes, failover included.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub request_timeout_ms: u64,
+    /// How long a whole request may take, body upload included, before it is answered 408
+    /// (a client that sends its body slowly holds a connection and a concurrency slot).
+    /// Kept above `REQUEST_TIMEOUT_MS` by at least a second, so that dbnode calls end first.
+    #[arg(long, env = "MAX_REQUEST_MS", default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub max_request_ms: u64,
     /// How long a client may take to send a request's headers before its connection is
     /// closed (slow-header attacks).
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5000)]
@@ -53,6 +60,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// `MAX_REQUEST_MS` as a duration, at least `REQUEST_TIMEOUT_MS` + 1 s.
+    pub fn max_request(&self) -> Duration {
+        Duration::from_millis(self.max_request_ms.max(self.request_timeout_ms + 1000))
+    }
+
     /// `REQUEST_TIMEOUT_MS` as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))

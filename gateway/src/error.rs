@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The first request with this `Idempotency-Key` is still in progress.
     #[error("a request with Idempotency-Key {0:?} is still in progress; retry later")]
     KeyInUse(String),
+    /// The request took longer than `MAX_REQUEST_MS` in all.
+    #[error("the request took too long (MAX_REQUEST_MS)")]
+    RequestTimeout,
     /// The gateway serves `MAX_CONCURRENT_REQUESTS` already.
     #[error("too many requests in progress; retry shortly")]
     Overloaded,
@@ -102,6 +105,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -117,6 +121,7 @@ impl ApiError {
             403 => "forbidden",
             404 => "not-found",
             405 => "method-not-allowed",
+            408 => "request-timeout",
             409 => "already-exists",
             412 => "precondition-failed",
             413 => "payload-too-large",

@@ -44,14 +44,21 @@ use crate::presence::PresenceTable;
 pub fn app(state: AppState) -> Router {
     // Beyond the limit a request is answered 503 at once rather than queued: what a client can
     // make the gateway hold is bounded.
+    // A request that takes longer than MAX_REQUEST_MS in all (a body sent slowly, say) is
+    // answered 408 and frees its slot.
     let shed = tower::ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            ApiError::Overloaded
+        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+            if error.is::<tower::timeout::error::Elapsed>() {
+                ApiError::RequestTimeout
+            } else {
+                ApiError::Overloaded
+            }
         }))
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             state.max_concurrent.max(1),
-        ));
+        ))
+        .timeout(state.max_request);
     // Idempotency keys apply to writes, once routed (an unknown method is 405, whatever its
     // headers), and cost reads nothing.
     let keyed = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
@@ -143,6 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
         keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
         max_concurrent: config.max_concurrent_requests,
+        max_request: config.max_request(),
         api_keys,
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));

@@ -152,6 +152,9 @@ pub enum BodyRefused {
     /// The body is not `application/json` (or another `+json` type).
     #[response(status = 415, content_type = "application/problem+json")]
     NotJson(Problem),
+    /// The request, body included, took longer than `MAX_REQUEST_MS`.
+    #[response(status = 408, content_type = "application/problem+json")]
+    TooSlow(Problem),
 }
 
 /// Refusals of a write that carries an `Idempotency-Key`, and of a conditional write.

@@ -38,6 +38,8 @@ pub struct AppState {
     pub keys_abandoned_after: std::time::Duration,
     /// Requests served at once; more are shed with 503.
     pub max_concurrent: usize,
+    /// How long a whole request may take (`MAX_REQUEST_MS`); then 408.
+    pub max_request: std::time::Duration,
     /// The API keys (`API_KEYS_FILE`); `None`: no authentication.
     pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
 }

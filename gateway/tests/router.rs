@@ -45,6 +45,7 @@ impl Api {
             keys: keys.clone(),
             keys_abandoned_after: Duration::from_secs(5),
             max_concurrent: MAX_CONCURRENT,
+            max_request: Duration::from_secs(30),
             api_keys,
         };
         Self {

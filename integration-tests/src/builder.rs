@@ -19,6 +19,7 @@ pub struct ClusterBuilder {
     auth: bool,
     tls: bool,
     dbnode_env: Vec<(String, String)>,
+    gateway_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterBuilder {
@@ -33,11 +34,18 @@ impl Default for ClusterBuilder {
             auth: true,
             tls: false,
             dbnode_env: Vec::new(),
+            gateway_env: Vec::new(),
         }
     }
 }
 
 impl ClusterBuilder {
+    /// An environment variable for the gateway.
+    pub fn gateway_env(mut self, key: &str, value: impl ToString) -> Self {
+        self.gateway_env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
     /// TLS everywhere: NATS requires it of every client (the processes verify it with a CA
     /// made for this cluster) and the gateway serves HTTPS.
     pub fn tls(mut self) -> Self {
@@ -172,6 +180,9 @@ impl ClusterBuilder {
                 gateway = gateway
                     .with_env("NATS_TLS_CA", tls.ca.display())
                     .with_https(tls);
+            }
+            for (key, value) in &self.gateway_env {
+                gateway = gateway.with_env(key, value);
             }
             match nats.auth() {
                 Some(auth) => gateway.with_nats_user(&auth.gateway),

@@ -1,6 +1,6 @@
 //! What an HTTP client can make the real gateway hold: a connection that dribbles its headers
-//! (slowloris) is closed after `HEADER_TIMEOUT_MS` (5 s by default) while other clients are
-//! served.
+//! (slowloris) is closed after `HEADER_TIMEOUT_MS` (5 s by default), and one that sends its
+//! body slowly is answered 408 after `MAX_REQUEST_MS`, while other clients are served.
 
 use std::time::Duration;
 
@@ -34,4 +34,39 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     eprintln!("== closed after {held:?}");
     assert!(held >= Duration::from_secs(4), "closed too early: {held:?}");
     assert!(held < Duration::from_secs(10), "held for {held:?}");
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_finishes_is_answered_408() {
+    let cluster = Cluster::builder()
+        .gateway_env("MAX_REQUEST_MS", 3000)
+        .start()
+        .await;
+    let port = cluster.base_url().rsplit(':').next().unwrap().to_owned();
+    let mut slow = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect to the gateway");
+    let head = format!(
+        "POST /api/user HTTP/1.1\r\nHost: ringstore\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
+        cluster.api_key().key
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let opened = Instant::now();
+
+    eprintln!("== phase: others are served meanwhile");
+    expect(cluster.get("anyone").await, 404).await;
+
+    eprintln!("== phase: the unfinished request is answered 408 and nothing is created");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut answer)).await;
+    let held = opened.elapsed();
+    assert!(read.is_ok(), "still open after {held:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{held:?}: {text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(held < Duration::from_secs(8), "answered after {held:?}");
+    let count = cluster.request(reqwest::Method::GET, "/api/users/count");
+    let count = expect(integration_tests::send("count", count).await, 200).await;
+    assert_eq!(count.json()["count"], 0);
 }

@@ -169,6 +169,22 @@ async fn with_nats_stalled_the_gateway_answers_within_its_budget_and_stops_on_si
         later.elapsed()
     );
 
+    eprintln!("== phase: /ready says so (503), /health still answers (the process is alive)");
+    eventually(Duration::from_secs(10), || async {
+        let r = cluster
+            .request(reqwest::Method::GET, "/ready")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let health = cluster
+        .request(reqwest::Method::GET, "/health")
+        .send()
+        .await;
+    assert_eq!(health.expect("/health answers").status(), 200);
+
     eprintln!("== phase: SIGTERM stops the gateway promptly");
     let asked = Instant::now();
     cluster.gateway().terminate().await;
