@@ -78,7 +78,9 @@ pub struct Caller(pub Arc<str>);
 
 impl Caller {
     fn anonymous() -> Caller {
-        Caller(Arc::from(""))
+        // Shared, so that an open API allocates nothing per request for it.
+        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Caller(ANONYMOUS.get_or_init(|| Arc::from("")).clone())
     }
 
     /// No authentication (no `API_KEYS_FILE`).

@@ -70,3 +70,25 @@ async fn a_request_whose_body_never_finishes_is_answered_408() {
     let count = expect(integration_tests::send("count", count).await, 200).await;
     assert_eq!(count.json()["count"], 0);
 }
+
+#[tokio::test]
+async fn made_up_methods_cannot_grow_the_metrics() {
+    let cluster = Cluster::start(3).await;
+    eprintln!("== phase: 300 requests with made-up 2 KB method names");
+    for i in 0..300 {
+        let name = format!("MADEUP{i}{}", "X".repeat(2048));
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        let response = cluster.request(method, "/api/user/x").send().await;
+        // Refused one way or another (405, 400 or a closed connection), never served.
+        if let Ok(response) = response {
+            assert!(response.status().is_client_error(), "{}", response.status());
+        }
+    }
+    eprintln!("== phase: /metrics holds one `other` label, not 300 new ones");
+    let metrics = cluster.request(reqwest::Method::GET, "/metrics");
+    let text = expect(integration_tests::send("metrics", metrics).await, 200)
+        .await
+        .text;
+    assert!(!text.contains("MADEUP"), "a made-up method became a label");
+    assert!(text.len() < 200_000, "/metrics is {} bytes", text.len());
+}
