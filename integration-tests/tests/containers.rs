@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{eventually, expect, user_path, ApiKey, NatsAuth};
+use integration_tests::{eventually, expect, user_path, ApiKey, NatsAuth, NatsUser};
 use protocol::partition::partition_of;
 use protocol::{subjects, GetRequest, Op, Reply, Response, Role, User};
 use reqwest::StatusCode;
@@ -79,6 +79,26 @@ struct Deployment {
     http: reqwest::Client,
 }
 
+/// A container of a ringstore image on `network`, logged in to NATS as `user`, with the
+/// settings every ringstore process of the deployment shares.
+fn ringstore_container(
+    image: GenericImage,
+    network: &str,
+    name: &str,
+    nats_url: &str,
+    user: &NatsUser,
+) -> testcontainers::ContainerRequest<GenericImage> {
+    image
+        .with_network(network)
+        .with_container_name(name)
+        .with_env_var("NATS_URL", nats_url)
+        .with_env_var("NATS_USER", &user.user)
+        .with_env_var("NATS_PASSWORD", &user.password)
+        .with_env_var("PARTITIONS", NODES.to_string())
+        .with_env_var("LOG_FORMAT", "pretty")
+        .with_env_var("NO_COLOR", "1")
+}
+
 impl Deployment {
     async fn start(scenario: &str) -> Deployment {
         let prefix = format!("rs-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -99,55 +119,36 @@ impl Deployment {
 
         // The operator's step: the nodes may not create streams, `dbnode --provision` as
         // admin does (a one-shot container of the dbnode image).
-        GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1)
-            .with_wait_for(WaitFor::message_on_either_std(
-                "idempotency-key bucket provisioned",
-            ))
-            .with_network(&network)
-            .with_container_name(format!("{prefix}-provision"))
+        let provisioning = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1).with_wait_for(
+            WaitFor::message_on_either_std("idempotency-key bucket provisioned"),
+        );
+        let name = format!("{prefix}-provision");
+        ringstore_container(provisioning, &network, &name, &nats_url, &auth.admin)
             .with_cmd(["--provision"])
-            .with_env_var("NATS_URL", &nats_url)
-            .with_env_var("NATS_USER", &auth.admin.user)
-            .with_env_var("NATS_PASSWORD", &auth.admin.password)
-            .with_env_var("PARTITIONS", NODES.to_string())
-            .with_env_var("LOG_FORMAT", "pretty")
-            .with_env_var("NO_COLOR", "1")
             .start()
             .await
             .expect("dbnode --provision runs");
 
         let mut nodes = Vec::new();
         for i in 0..NODES {
-            let node = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1)
-                .with_network(&network)
-                .with_container_name(format!("{prefix}-db-{i}"))
+            let name = format!("{prefix}-db-{i}");
+            let image = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1);
+            let node = ringstore_container(image, &network, &name, &nats_url, auth.node(i))
                 .with_env_var("DB_INSTANCE_ID", format!("db-{i}"))
-                .with_env_var("NATS_URL", &nats_url)
-                .with_env_var("NATS_USER", &auth.node(i).user)
-                .with_env_var("NATS_PASSWORD", &auth.node(i).password)
-                .with_env_var("PARTITIONS", NODES.to_string())
-                .with_env_var("LOG_FORMAT", "pretty")
-                .with_env_var("NO_COLOR", "1")
                 .with_env_var("RUST_LOG", "info,dbnode=debug");
             nodes.push(node.start().await.expect("a dbnode container starts"));
         }
 
         // REST authentication on, as in production: the keys file is copied in.
         let api_key = ApiKey::random("containers", "read,write,admin");
-        let gateway = GenericImage::new(GATEWAY_IMAGE.0, GATEWAY_IMAGE.1)
-            .with_exposed_port(3001.tcp())
+        let name = format!("{prefix}-gateway");
+        let image =
+            GenericImage::new(GATEWAY_IMAGE.0, GATEWAY_IMAGE.1).with_exposed_port(3001.tcp());
+        let gateway = ringstore_container(image, &network, &name, &nats_url, &auth.gateway)
             .with_copy_to("/tmp/api-keys", api_key.line().into_bytes())
             .with_env_var("API_KEYS_FILE", "/tmp/api-keys")
-            .with_network(&network)
-            .with_container_name(format!("{prefix}-gateway"))
             .with_env_var("REST_PORT", "3001")
-            .with_env_var("NATS_URL", &nats_url)
-            .with_env_var("NATS_USER", &auth.gateway.user)
-            .with_env_var("NATS_PASSWORD", &auth.gateway.password)
-            .with_env_var("PARTITIONS", NODES.to_string())
             .with_env_var("REQUEST_TIMEOUT_MS", "2000")
-            .with_env_var("LOG_FORMAT", "pretty")
-            .with_env_var("NO_COLOR", "1")
             .start()
             .await
             .expect("the gateway container starts");
