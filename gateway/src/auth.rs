@@ -71,23 +71,10 @@ impl Scope {
     }
 }
 
-/// Who made a request: the name of its key (empty without authentication). Idempotency
-/// keys are scoped by it, so that no caller can replay another's response.
+/// Who made a request: the name of its key. Idempotency keys are scoped by it, so that no
+/// caller can replay another's response. Absent without authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub Arc<str>);
-
-impl Caller {
-    fn anonymous() -> Caller {
-        // Shared, so that an open API allocates nothing per request for it.
-        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        Caller(ANONYMOUS.get_or_init(|| Arc::from("")).clone())
-    }
-
-    /// No authentication (no `API_KEYS_FILE`).
-    pub fn is_anonymous(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 #[derive(Debug)]
 struct Holder {
@@ -157,30 +144,26 @@ impl ApiKeys {
     }
 }
 
-/// Middleware: with `keys`, checks the bearer key of every request that needs a scope and
-/// records its [`Caller`]; without, every caller is `anonymous`.
+/// Middleware (only with `API_KEYS_FILE`): checks the bearer key of every request that needs
+/// a scope and records its [`Caller`].
 pub async fn authenticate(
-    State(keys): State<Option<Arc<ApiKeys>>>,
+    State(keys): State<Arc<ApiKeys>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let caller = match (&keys, Scope::needed(request.method(), request.uri().path())) {
-        (Some(keys), Some(needed)) => {
-            let bearer = request.headers().typed_get::<Authorization<Bearer>>();
-            let Some(bearer) = bearer else {
-                return ApiError::Unauthenticated { key_given: false }.into_response();
-            };
-            match keys.find(bearer.token()) {
-                None => return ApiError::Unauthenticated { key_given: true }.into_response(),
-                Some(holder) if !holder.scopes.contains(&needed) => {
-                    return ApiError::Forbidden(needed.as_str()).into_response()
-                }
-                Some(holder) => holder.caller.clone(),
+    if let Some(needed) = Scope::needed(request.method(), request.uri().path()) {
+        let Some(bearer) = request.headers().typed_get::<Authorization<Bearer>>() else {
+            return ApiError::Unauthenticated { key_given: false }.into_response();
+        };
+        let caller = match keys.find(bearer.token()) {
+            None => return ApiError::Unauthenticated { key_given: true }.into_response(),
+            Some(holder) if !holder.scopes.contains(&needed) => {
+                return ApiError::Forbidden(needed.as_str()).into_response()
             }
-        }
-        _ => Caller::anonymous(),
-    };
-    request.extensions_mut().insert(caller);
+            Some(holder) => holder.caller.clone(),
+        };
+        request.extensions_mut().insert(caller);
+    }
     next.run(request).await
 }
 

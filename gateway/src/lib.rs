@@ -69,7 +69,7 @@ pub fn app(state: AppState) -> Router {
         .patch(routes::patch_user)
         .delete(routes::delete_user)
         .route_layer(keyed);
-    Router::new()
+    let router = Router::new()
         .route("/api/user", user_root.clone())
         .route("/api/user/", user_root)
         .route("/api/user/{id}", get(routes::get_user).merge(user_one))
@@ -82,11 +82,16 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(shed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.api_keys.clone(),
+        .layer(shed);
+    // Without API_KEYS_FILE every caller is the same anonymous one: no layer at all.
+    let router = match &state.api_keys {
+        Some(keys) => router.layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
             auth::authenticate,
-        ))
+        )),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -189,8 +189,8 @@ pub async fn idempotent(State(state): State<AppState>, request: Request, next: N
     // Keys are the caller's own: another API key with the same Idempotency-Key is another key
     // (without authentication every caller is the same, and the key alone names it).
     let scoped = match parts.extensions.get::<Caller>() {
-        Some(caller) if !caller.is_anonymous() => format!("{}\n{key}", caller.0),
-        _ => key.clone(),
+        Some(caller) => format!("{}\n{key}", caller.0),
+        None => key.clone(),
     };
     let store_key = digest(&[scoped.as_bytes()]);
     let request_id = format!(
