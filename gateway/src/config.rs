@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000,
         value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub request_timeout_ms: u64,
-    /// How long a whole request may take, body upload included, before it is answered 408
+    /// How long a whole write may take, body upload included, before it is answered 408
     /// (a client that sends its body slowly holds a connection and a concurrency slot).
     /// Kept above `REQUEST_TIMEOUT_MS` by at least a second, so that dbnode calls end first.
     #[arg(long, env = "MAX_REQUEST_MS", default_value_t = 30_000,

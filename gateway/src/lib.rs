@@ -44,31 +44,33 @@ use crate::presence::PresenceTable;
 pub fn app(state: AppState) -> Router {
     // Beyond the limit a request is answered 503 at once rather than queued: what a client can
     // make the gateway hold is bounded.
-    // A request that takes longer than MAX_REQUEST_MS in all (a body sent slowly, say) is
-    // answered 408 and frees its slot.
     let shed = tower::ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
-            if error.is::<tower::timeout::error::Elapsed>() {
-                ApiError::RequestTimeout
-            } else {
-                ApiError::Overloaded
-            }
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::Overloaded
         }))
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             state.max_concurrent.max(1),
-        ))
-        .timeout(state.max_request);
-    // Idempotency keys apply to writes, once routed (an unknown method is 405, whatever its
-    // headers), and cost reads nothing.
+        ));
+    // The writes, which read a body: one sent slowly would hold its slot for as long as the
+    // client likes, so a write that takes longer than MAX_REQUEST_MS in all is answered 408.
+    // Idempotency keys apply to writes too, once routed (an unknown method is 405, whatever
+    // its headers). Reads pay for neither.
     let keyed = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
+    let slow_body = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::RequestTimeout
+        }))
+        .timeout(state.max_request);
     let user_root = post(routes::create_user)
         .put(routes::update_user)
-        .route_layer(keyed.clone());
+        .route_layer(keyed.clone())
+        .route_layer(slow_body.clone());
     let user_one = put(routes::put_user)
         .patch(routes::patch_user)
         .delete(routes::delete_user)
-        .route_layer(keyed);
+        .route_layer(keyed)
+        .route_layer(slow_body);
     let router = Router::new()
         .route("/api/user", user_root.clone())
         .route("/api/user/", user_root)

@@ -152,7 +152,7 @@ pub enum BodyRefused {
     /// The body is not `application/json` (or another `+json` type).
     #[response(status = 415, content_type = "application/problem+json")]
     NotJson(Problem),
-    /// The request, body included, took longer than `MAX_REQUEST_MS`.
+    /// The write, body upload included, took longer than `MAX_REQUEST_MS`.
     #[response(status = 408, content_type = "application/problem+json")]
     TooSlow(Problem),
 }

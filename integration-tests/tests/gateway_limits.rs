@@ -1,6 +1,6 @@
 //! What an HTTP client can make the real gateway hold: a connection that dribbles its headers
-//! (slowloris) is closed after `HEADER_TIMEOUT_MS` (5 s by default), and one that sends its
-//! body slowly is answered 408 after `MAX_REQUEST_MS`, while other clients are served.
+//! (slowloris) is closed after `HEADER_TIMEOUT_MS` (5 s by default), and a write whose body
+//! comes slowly is answered 408 after `MAX_REQUEST_MS`, while other clients are served.
 
 use std::time::Duration;
 
