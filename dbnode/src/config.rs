@@ -24,6 +24,11 @@ pub struct Config {
     /// recognises a retried request id. Applies when this node creates a stream.
     #[arg(long, env = "DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     pub duplicate_window_secs: u64,
+    /// Copies of each log stream JetStream keeps (1 on one NATS server, 3 on a cluster). A
+    /// stream with another count is refused, as is one with another retention.
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// How long a write's outcome is kept for retries with its request id, in seconds (at most
     /// `OUTCOME_KEEP_WRITES` per partition are kept, whichever is fewer).
     #[arg(long, env = "OUTCOME_RETENTION_SECS", default_value_t = 86_400)]

@@ -95,7 +95,7 @@ pub async fn provision(config: &Config, shutdown: CancellationToken) -> Result<(
     let dedupe = Duration::from_secs(config.duplicate_window_secs);
     for p in PartitionMap::new(config.partitions).all() {
         retry("creating the log stream", &shutdown, || {
-            PartitionLog::ensure(&client, p, dedupe)
+            PartitionLog::ensure(&client, p, dedupe, usize::from(config.stream_replicas))
         })
         .await
         .ok_or(NodeError::Interrupted)?;
@@ -191,8 +191,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let mut partitions = Vec::new();
     for &(p, role) in &hosted {
         let dedupe = Duration::from_secs(config.duplicate_window_secs);
-        let log = retry("ensuring the log stream", &shutdown, || {
-            PartitionLog::ensure(&client, p, dedupe)
+        let log = retry("opening the log stream", &shutdown, || {
+            PartitionLog::ensure(&client, p, dedupe, usize::from(config.stream_replicas))
         })
         .await;
         let Some(log) = log else { return Ok(()) };

@@ -94,15 +94,10 @@ pub struct LogState {
 }
 
 impl PartitionLog {
-    /// Creates the stream if it does not exist yet, with a duplicate window of `dedupe`.
-    pub async fn ensure(
-        client: &async_nats::Client,
-        partition: PartitionId,
-        dedupe: Duration,
-    ) -> Result<Self, LogError> {
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(LOG_TIMEOUT);
-        js.get_or_create_stream(Config {
+    /// The stream of partition `partition` as every node expects it: one message per record
+    /// subject (the latest entry), no other limit, direct gets, `replicas` copies.
+    fn config(partition: PartitionId, dedupe: Duration, replicas: usize) -> Config {
+        Config {
             name: subjects::stream_name(partition),
             subjects: vec![subjects::log_filter(partition)],
             storage: StorageType::File,
@@ -110,10 +105,79 @@ impl PartitionLog {
             discard: DiscardPolicy::Old,
             allow_direct: true,
             duplicate_window: dedupe,
+            num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
+        }
+    }
+
+    /// Opens the stream of `partition`, creating it if it does not exist yet (with a duplicate
+    /// window of `dedupe` and `replicas` copies) where this identity may, and refuses a stream
+    /// whose retention or replica count is not [`PartitionLog::config`]'s: a log that keeps
+    /// fewer entries, or expires or drops them, would lose records silently.
+    pub async fn ensure(
+        client: &async_nats::Client,
+        partition: PartitionId,
+        dedupe: Duration,
+        replicas: usize,
+    ) -> Result<Self, LogError> {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(LOG_TIMEOUT);
+        let wanted = Self::config(partition, dedupe, replicas);
+        let stream = js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(unavailable)?;
+        let found = &stream.cached_info().config;
+        let mut wrong = Vec::new();
+        let mut check = |what: &str, ok: bool, found: String| {
+            if !ok {
+                wrong.push(format!("{what} is {found}"));
+            }
+        };
+        check(
+            "subjects",
+            found.subjects == wanted.subjects,
+            format!("{:?}", found.subjects),
+        );
+        check(
+            "max_msgs_per_subject",
+            found.max_messages_per_subject == 1,
+            found.max_messages_per_subject.to_string(),
+        );
+        check(
+            "max_msgs",
+            found.max_messages < 0,
+            found.max_messages.to_string(),
+        );
+        check(
+            "max_bytes",
+            found.max_bytes < 0,
+            found.max_bytes.to_string(),
+        );
+        check(
+            "max_age",
+            found.max_age.is_zero(),
+            format!("{:?}", found.max_age),
+        );
+        check("sealed", !found.sealed, found.sealed.to_string());
+        check(
+            "allow_direct",
+            found.allow_direct,
+            found.allow_direct.to_string(),
+        );
+        check(
+            "replicas",
+            found.num_replicas.max(1) == replicas.max(1),
+            found.num_replicas.to_string(),
+        );
+        if !wrong.is_empty() {
+            return Err(LogError(format!(
+                "stream {} is not configured as a ringstore log ({}); fix it (as admin) or \
+                 provision it again",
+                wanted.name,
+                wrong.join(", ")
+            )));
+        }
         Ok(Self {
             js,
             client: client.clone(),

@@ -194,3 +194,46 @@ async fn with_nats_stalled_the_gateway_answers_within_its_budget_and_stops_on_si
         asked.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_node_refuses_a_log_whose_retention_was_changed() {
+    let mut cluster = Cluster::start(3).await;
+    expect(cluster.create(&user(&ids_in("kept", 1, 1)[0])).await, 201).await;
+
+    eprintln!("== phase: db-1 stops; the admin caps P1's log at 1,000 messages");
+    assert!(cluster.node(1).terminate().await.success());
+    let js = jetstream::new(cluster.nats_client().await);
+    let mut stream = js
+        .get_stream(subjects::stream_name(1))
+        .await
+        .expect("P1's log");
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    let original = config.clone();
+    config.max_messages = 1000;
+    js.update_stream(config)
+        .await
+        .expect("the admin updates it");
+
+    eprintln!("== phase: db-1 starts and refuses the log (it would lose records past 1,000)");
+    cluster.node(1).start();
+    let log = cluster.node(1).log_path().to_owned();
+    eventually(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("is not configured as a ringstore log (max_msgs is 1000)")
+            .then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let this_start = text
+        .rsplit("==== harness: starting")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        !this_start.contains("ready; serving requests"),
+        "db-1 must not serve from the capped log"
+    );
+
+    eprintln!("== phase: the admin restores the log; db-1 becomes ready by itself");
+    js.update_stream(original).await.expect("restore");
+    cluster.wait_node_ready(1).await;
+}
