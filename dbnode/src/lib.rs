@@ -87,30 +87,53 @@ pub async fn check(config: &Config) -> bool {
     presence::node_state(&client, config.db_instance_id).await == Some(NodeState::Ready)
 }
 
+/// Opens partition `p`'s log as `config` describes it (creating it where this identity may),
+/// retrying until it is there and as expected, or `shutdown`.
+async fn open_log(
+    client: &async_nats::Client,
+    config: &Config,
+    p: protocol::PartitionId,
+    shutdown: &CancellationToken,
+) -> Option<PartitionLog> {
+    let dedupe = Duration::from_secs(config.duplicate_window_secs);
+    let replicas = usize::from(config.stream_replicas);
+    retry("opening the log stream", shutdown, || {
+        PartitionLog::ensure(client, p, dedupe, replicas)
+    })
+    .await
+}
+
+/// The Idempotency-Key bucket, as [`open_log`] for the logs.
+async fn open_key_bucket(
+    client: &async_nats::Client,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<()> {
+    let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
+    retry("opening the idempotency-key bucket", shutdown, || {
+        log::ensure_idempotency_bucket(client, ttl)
+    })
+    .await
+}
+
 /// `dbnode --provision`: creates every partition's log stream and the Idempotency-Key bucket
 /// where they do not exist yet (retrying until NATS answers or `shutdown`), so that the nodes
 /// need no right to create or change a stream.
 pub async fn provision(config: &Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let client = connect(config).await?;
-    let dedupe = Duration::from_secs(config.duplicate_window_secs);
     for p in PartitionMap::new(config.partitions).all() {
-        retry("creating the log stream", &shutdown, || {
-            PartitionLog::ensure(&client, p, dedupe, usize::from(config.stream_replicas))
-        })
-        .await
-        .ok_or(NodeError::Interrupted)?;
+        open_log(&client, config, p, &shutdown)
+            .await
+            .ok_or(NodeError::Interrupted)?;
         info!(
             partition = p,
             stream = subjects::stream_name(p),
             "log stream provisioned"
         );
     }
-    let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
-    retry("creating the idempotency-key bucket", &shutdown, || {
-        log::ensure_idempotency_bucket(&client, ttl)
-    })
-    .await
-    .ok_or(NodeError::Interrupted)?;
+    open_key_bucket(&client, config, &shutdown)
+        .await
+        .ok_or(NodeError::Interrupted)?;
     info!(
         bucket = subjects::IDEMPOTENCY_BUCKET,
         "idempotency-key bucket provisioned"
@@ -190,12 +213,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 
     let mut partitions = Vec::new();
     for &(p, role) in &hosted {
-        let dedupe = Duration::from_secs(config.duplicate_window_secs);
-        let log = retry("opening the log stream", &shutdown, || {
-            PartitionLog::ensure(&client, p, dedupe, usize::from(config.stream_replicas))
-        })
-        .await;
-        let Some(log) = log else { return Ok(()) };
+        let Some(log) = open_log(&client, &config, p, &shutdown).await else {
+            return Ok(());
+        };
         partitions.push(Arc::new(Partition::new(
             p,
             role,
@@ -205,12 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         )?));
     }
 
-    let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
-    let bucket = retry("ensuring the idempotency-key bucket", &shutdown, || {
-        log::ensure_idempotency_bucket(&client, ttl)
-    })
-    .await;
-    if bucket.is_none() {
+    if open_key_bucket(&client, &config, &shutdown).await.is_none() {
         return Ok(());
     }
 

@@ -27,7 +27,7 @@ impl Signals {
     }
 
     /// Waits for the first signal, then cancels `shutdown`.
-    pub async fn cancel_on_first(mut self, shutdown: CancellationToken) {
+    async fn cancel_on_first(mut self, shutdown: CancellationToken) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
