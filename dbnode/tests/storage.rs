@@ -19,6 +19,7 @@ fn put(id: &str, group: u32, request: &str) -> LogEntry {
         record: Some(user(id, group)),
         writer: NodeId(0),
         request_id: request.into(),
+        group_before: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn tombstone(id: &str, request: &str) -> LogEntry {
         record: None,
         writer: NodeId(1),
         request_id: request.into(),
+        group_before: None,
     }
 }
 

@@ -23,7 +23,7 @@ pub use messages::{
     Answer, CountRequest, GetRequest, LogEntry, NodeState, Presence, PresencePartition, Reply,
     Response, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
-pub use params::{CountParams, ListParams};
+pub use params::{ChangeParams, CountParams, ListParams, Position, Since};
 pub use partition::{NodeId, PartitionId, PartitionMap, Role};
 pub use subjects::Op;
 pub use user::{NewUser, User, UserPatch, UserUpdate};

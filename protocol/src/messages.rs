@@ -273,6 +273,10 @@ pub struct LogEntry {
     pub writer: NodeId,
     /// The request that caused it.
     pub request_id: String,
+    /// The record's group before the write (`None`: it did not exist, or an entry written
+    /// before this field was). A change feed filtered by group passes a record that leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_before: Option<u32>,
 }
 
 impl LogEntry {

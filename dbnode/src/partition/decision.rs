@@ -98,6 +98,7 @@ pub(super) async fn resolve<L: Log + ?Sized>(
             record: None,
             writer: node,
             request_id: request_id.clone(),
+            group_before: base.versioned().map(|v| v.user.group),
         };
         match decide(base.versioned().as_ref(), kind) {
             Ok(record) => {

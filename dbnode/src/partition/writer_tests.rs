@@ -106,6 +106,7 @@ fn entry(id: &str, name: Option<&str>, request_id: &str) -> LogEntry {
         record: name.map(|n| user(id, n)),
         writer: NodeId(2),
         request_id: request_id.into(),
+        group_before: None,
     }
 }
 
