@@ -44,6 +44,20 @@ pub struct Config {
     /// Requests served at once; more are answered 503 with `Retry-After` at once.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// Change feeds (`GET /api/users/changes`) served at once; more are answered 503.
+    #[arg(long, env = "MAX_CHANGE_FEEDS", default_value_t = 256,
+        value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_change_feeds: u64,
+    /// A change feed with nothing to send sends a keep-alive comment this often, so that
+    /// proxies and clients see the connection alive.
+    #[arg(long, env = "CHANGE_FEED_KEEPALIVE_MS", default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(10..=300_000))]
+    pub change_feed_keepalive_ms: u64,
+    /// A change feed whose client reads nothing for this long is ended (the client resumes
+    /// from its last event), so that a slow client never makes the gateway buffer for it.
+    #[arg(long, env = "CHANGE_FEED_STALL_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub change_feed_stall_ms: u64,
     /// API keys (`<name> sha256:<hex> <scopes>` per line, `scripts/api-key` makes them);
     /// unset = no REST authentication (local development only).
     #[arg(long, env = "API_KEYS_FILE")]
@@ -63,6 +77,15 @@ impl Config {
     /// `MAX_REQUEST_MS` as a duration, at least `REQUEST_TIMEOUT_MS` + 1 s.
     pub fn max_request(&self) -> Duration {
         Duration::from_millis(self.max_request_ms.max(self.request_timeout_ms + 1000))
+    }
+
+    /// The change feeds' limits.
+    pub fn feed_limits(&self) -> crate::logs::FeedLimits {
+        crate::logs::FeedLimits {
+            max_feeds: self.max_change_feeds as usize,
+            keep_alive: Duration::from_millis(self.change_feed_keepalive_ms),
+            stall: Duration::from_millis(self.change_feed_stall_ms),
+        }
     }
 
     /// `REQUEST_TIMEOUT_MS` as a duration.

@@ -62,6 +62,11 @@ pub enum ApiError {
     /// The gateway serves `MAX_CONCURRENT_REQUESTS` already.
     #[error("too many requests in progress; retry shortly")]
     Overloaded,
+    /// `MAX_CHANGE_FEEDS` change feeds are open already.
+    #[error(
+        "{0} change feeds are open, the most this gateway serves (MAX_CHANGE_FEEDS); retry later"
+    )]
+    TooManyFeeds(usize),
     /// No API key, or one the gateway does not know (`API_KEYS_FILE`).
     #[error("{}", if *key_given { "this API key is not valid" } else { "an API key is required: Authorization: Bearer <key>" })]
     Unauthenticated {
@@ -95,6 +100,7 @@ impl ApiError {
             ApiError::Protocol(P::Behind { .. } | P::Unavailable(_))
             | ApiError::KeysUnavailable(_)
             | ApiError::Overloaded
+            | ApiError::TooManyFeeds(_)
             | ApiError::Transport(TransportError::NoResponders | TransportError::Other(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -52,6 +52,31 @@ where
     }
 }
 
+/// `Last-Event-ID`: the resume token of the last change-feed event a client received (sent by
+/// an `EventSource` when it reconnects). Malformed: 400 naming the header.
+pub struct LastEventId(pub Option<protocol::Position>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("last-event-id") else {
+            return Ok(LastEventId(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .map(|position| LastEventId(Some(position)))
+            .ok_or_else(|| {
+                ApiError::invalid(vec![FieldError::new(
+                    "Last-Event-ID",
+                    "must be the id of an event of this feed",
+                )])
+            })
+    }
+}
+
 /// `If-Match` (RFC 9110 13.1.1): `*` or absent is `None`; else the versions any of which the
 /// record must have. Comparison is strong: a weak tag (`W/"7"`) or a tag that is no version
 /// can never match (an empty list, so 412). A bare number (`7`) is read as `"7"`, for clients

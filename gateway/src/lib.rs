@@ -10,8 +10,10 @@ pub mod auth;
 mod config;
 mod error;
 mod extract;
+pub mod feed;
 pub mod idempotency;
 pub mod list;
+pub mod logs;
 pub mod memory;
 mod metrics;
 mod nats_store;
@@ -19,6 +21,7 @@ mod openapi;
 pub mod presence;
 mod routes;
 mod server;
+mod status;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -82,9 +85,15 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
+        .layer(shed)
+        // Change feeds live for hours: outside the limit of requests in progress (they have
+        // their own, MAX_CHANGE_FEEDS), and the status page with them.
+        .route("/api/users/changes", get(routes::changes))
+        .route("/status", get(status::page))
+        .route("/status/app.js", get(status::script))
+        .route("/status/style.css", get(status::style))
         .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(shed);
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // Without API_KEYS_FILE every caller is the same anonymous one: no layer at all.
     let router = match &state.api_keys {
         Some(keys) => router.layer(axum::middleware::from_fn_with_state(
@@ -142,9 +151,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let presence = Arc::new(PresenceTable::default());
     let follower = tokio::spawn(presence.clone().follow(client.clone(), shutdown.clone()));
     let metrics = Arc::new(Metrics::default());
+    let map = PartitionMap::new(config.partitions);
+    let logs = logs::Logs::new(
+        client.clone(),
+        map,
+        config.request_timeout(),
+        config.feed_limits(),
+        shutdown.clone(),
+    );
     let store = NatsStore::new(
         client.clone(),
-        PartitionMap::new(config.partitions),
+        map,
         config.request_timeout(),
         config.read_from,
         presence.clone(),
@@ -159,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_concurrent: config.max_concurrent_requests,
         max_request: config.max_request(),
         api_keys,
+        logs: Some(Arc::new(logs)),
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use protocol::Presence;
 
@@ -25,6 +25,33 @@ pub struct Metrics {
     applied: IntGaugeVec,
     lag: IntGaugeVec,
     heartbeat_age: IntGaugeVec,
+    feeds_open: IntGauge,
+    feeds_ended: IntCounterVec,
+}
+
+/// One route's requests in `/api/cluster`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RouteTraffic {
+    /// The route (`/api/user/{id}`, …).
+    pub route: String,
+    /// The method.
+    pub method: String,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered 5xx.
+    pub server_errors: u64,
+    /// Requests answered within each bucket of `latency_buckets_ms` (cumulative, like a
+    /// Prometheus histogram).
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Counts a change feed as open while it lives.
+pub struct OpenFeed(IntGauge);
+
+impl Drop for OpenFeed {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -76,6 +103,16 @@ impl Default for Metrics {
             &["node"],
         )
         .expect("valid metric");
+        let feeds_open = IntGauge::new("ringstore_change_feeds_open", "Change feeds open now")
+            .expect("valid metric");
+        let feeds_ended = IntCounterVec::new(
+            Opts::new(
+                "ringstore_change_feeds_ended_total",
+                "Change feeds the gateway ended, by reason (slow-client, shutdown, log-unavailable)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -83,6 +120,8 @@ impl Default for Metrics {
             Box::new(applied.clone()),
             Box::new(lag.clone()),
             Box::new(heartbeat_age.clone()),
+            Box::new(feeds_open.clone()),
+            Box::new(feeds_ended.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -94,6 +133,8 @@ impl Default for Metrics {
             applied,
             lag,
             heartbeat_age,
+            feeds_open,
+            feeds_ended,
         }
     }
 }
@@ -104,6 +145,79 @@ impl Metrics {
         self.nats_latency
             .with_label_values(&[op, role, outcome])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a change feed as open until the guard is dropped.
+    pub fn feed_opened(&self) -> OpenFeed {
+        self.feeds_open.inc();
+        OpenFeed(self.feeds_open.clone())
+    }
+
+    /// Counts a change feed the gateway ended.
+    pub fn feed_ended(&self, reason: &str) {
+        self.feeds_ended.with_label_values(&[reason]).inc();
+    }
+
+    /// Change feeds open now.
+    pub fn feeds_open(&self) -> u64 {
+        self.feeds_open.get().max(0) as u64
+    }
+
+    /// The upper bounds of the latency buckets, in milliseconds.
+    pub fn latency_buckets_ms() -> Vec<f64> {
+        BUCKETS.iter().map(|s| s * 1000.0).collect()
+    }
+
+    /// Requests and latencies since start, by route and method (statuses summed).
+    pub fn traffic(&self) -> Vec<RouteTraffic> {
+        use prometheus::core::Collector;
+        let mut routes: Vec<RouteTraffic> = Vec::new();
+        for family in self.http_latency.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let (route, method) = (label("route"), label("method"));
+                let histogram = metric.get_histogram();
+                let count = histogram.get_sample_count();
+                let buckets: Vec<u64> = histogram
+                    .get_bucket()
+                    .iter()
+                    .map(|b| b.cumulative_count())
+                    .collect();
+                let errors = if label("status").starts_with('5') {
+                    count
+                } else {
+                    0
+                };
+                match routes
+                    .iter_mut()
+                    .find(|r| r.route == route && r.method == method)
+                {
+                    Some(seen) => {
+                        seen.requests += count;
+                        seen.server_errors += errors;
+                        for (sum, n) in seen.latency_buckets.iter_mut().zip(&buckets) {
+                            *sum += n;
+                        }
+                    }
+                    None => routes.push(RouteTraffic {
+                        route,
+                        method,
+                        requests: count,
+                        server_errors: errors,
+                        latency_buckets: buckets,
+                    }),
+                }
+            }
+        }
+        routes.sort_by(|a, b| (&a.route, &a.method).cmp(&(&b.route, &b.method)));
+        routes
     }
 
     /// Sets the replication gauges from the latest heartbeats.

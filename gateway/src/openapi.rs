@@ -63,6 +63,24 @@ pub struct ChangeHeaders {
     idempotency_key: Option<String>,
 }
 
+/// The headers of a change feed.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `crate::extract::LastEventId`
+pub struct FeedHeaders {
+    /// The `id` of the last event received: continue right after it (takes precedence over
+    /// `since`).
+    #[param(rename = "Last-Event-ID", schema_with = last_event_id)]
+    last_event_id: Option<String>,
+}
+
+fn last_event_id() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(r"^[0-9a-f]{8}(\.[0-9]{1,20}){1,64}$"))
+        .examples([serde_json::json!("5e2a90c1.17.4.22")])
+}
+
 /// The path of one user.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -180,11 +198,37 @@ pub enum PreconditionFailed {
     PreconditionFailed(Problem),
 }
 
-/// `GET /api/cluster`: every dbnode heard from.
+/// `GET /api/cluster`: the dbnodes heard from, the partitions and their logs, the NATS
+/// server, and this gateway's traffic.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     /// The dbnodes, by id.
     pub nodes: Vec<NodeView>,
+    /// The partitions: which nodes hold them, and their logs.
+    pub partitions: Vec<PartitionView>,
+    /// The NATS server this gateway is connected to (absent without NATS).
+    pub nats: Option<crate::logs::NatsView>,
+    /// This gateway's HTTP requests since it started, by route and method.
+    pub traffic: Vec<crate::metrics::RouteTraffic>,
+    /// The upper bounds (ms) of the latency buckets in `traffic`.
+    pub latency_buckets_ms: Vec<f64>,
+    /// Change feeds open on this gateway.
+    pub change_feeds: u64,
+}
+
+/// One partition in [`ClusterView`].
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PartitionView {
+    /// The partition.
+    pub partition: protocol::PartitionId,
+    /// Its primary's node.
+    #[schema(value_type = String, example = "db-0")]
+    pub primary: protocol::NodeId,
+    /// Its replica's node (none in a one-node ring).
+    #[schema(value_type = Option<String>, example = "db-1")]
+    pub replica: Option<protocol::NodeId>,
+    /// Its log, when it could be read.
+    pub log: Option<crate::logs::LogView>,
 }
 
 /// One dbnode in [`ClusterView`].
@@ -219,6 +263,7 @@ pub struct NodeView {
         routes::delete_user,
         routes::list_users,
         routes::count_users,
+        routes::changes,
         routes::cluster,
         routes::health,
         routes::ready,
@@ -233,6 +278,8 @@ pub struct NodeView {
         Problem,
         FieldError,
         ClusterView,
+        crate::feed::Change,
+        crate::feed::EndReason,
         Page,
         routes::Count
     ))

@@ -7,18 +7,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::{
-    CountParams, FieldError, ListParams, NewUser, Reply, User, UserPatch, UserUpdate,
-    VersionedUser, WriteKind,
+    ChangeParams, CountParams, FieldError, ListParams, NewUser, Reply, Since, User, UserPatch,
+    UserUpdate, VersionedUser, WriteKind,
 };
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, Query, RequestId};
+use crate::extract::{encode_segment, IdPath, IfMatch, JsonBody, LastEventId, Query, RequestId};
 use crate::idempotency::{generated_id, KeyStore};
 use crate::list::Page;
+use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::openapi::{
-    AuthRefused, BodyRefused, ChangeHeaders, ClusterView, CreateHeaders, Invalid, NeedsNode,
-    NoUser, NodeView, PreconditionFailed, UserPath, WriteRefused,
+    AuthRefused, BodyRefused, ChangeHeaders, ClusterView, CreateHeaders, FeedHeaders, Invalid,
+    NeedsNode, NoUser, NodeView, PartitionView, PreconditionFailed, UserPath, WriteRefused,
 };
 use crate::presence::PresenceTable;
 use crate::store::Store;
@@ -42,6 +43,9 @@ pub struct AppState {
     pub max_request: std::time::Duration,
     /// The API keys (`API_KEYS_FILE`); `None`: no authentication.
     pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
+    /// The partition logs, read for change feeds and the cluster view; `None` without NATS
+    /// (router tests), where change feeds are 503.
+    pub logs: Option<Arc<Logs>>,
 }
 
 fn etag(version: u64) -> HeaderValue {
@@ -257,7 +261,29 @@ pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
             partitions: presence.partitions,
         })
         .collect();
-    Json(ClusterView { nodes })
+    let partitions = match &state.logs {
+        Some(logs) => {
+            let map = logs.map;
+            futures::future::join_all(map.all().map(|p| async move {
+                PartitionView {
+                    partition: p,
+                    primary: map.primary(p),
+                    replica: map.replica(p),
+                    log: logs.view(p).await,
+                }
+            }))
+            .await
+        }
+        None => Vec::new(),
+    };
+    Json(ClusterView {
+        nodes,
+        partitions,
+        nats: state.logs.as_ref().map(|logs| logs.nats()),
+        traffic: state.metrics.traffic(),
+        latency_buckets_ms: Metrics::latency_buckets_ms(),
+        change_feeds: state.metrics.feeds_open(),
+    })
 }
 
 /// List users in bytewise id order, a page at a time.
@@ -286,6 +312,46 @@ pub async fn count_users(
     Ok(Json(Count {
         count: state.store.count(params.group).await??,
     }))
+}
+
+/// Follow every committed change (Server-Sent Events). Each event's `id` is a resume token:
+/// reconnecting with `Last-Event-ID` (an `EventSource` does it by itself) continues right after
+/// that event, missing and repeating nothing. A feed that starts from the beginning, or from
+/// far back, receives each record's latest change (the logs keep one entry per record), never
+/// a stale one after a newer. Changes of one partition come in commit order; partitions are
+/// interleaved. Keep-alive comments flow while nothing changes; a client that stops reading
+/// for `CHANGE_FEED_STALL_MS` is ended with an `end` event (reconnect to continue).
+#[utoipa::path(get, path = "/api/users/changes", tag = "users", security(("api_key" = [])),
+    params(ChangeParams, FeedHeaders),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`: first an event with only an \
+            `id` (the starting position), then one event per change, `id` = resume token, `data` = \
+            a `Change`; `event: end` with `data` = `{\"reason\": …}` when the gateway ends the feed",
+            content_type = "text/event-stream", body = crate::feed::Change),
+        Invalid, AuthRefused, NeedsNode,
+    ))]
+pub async fn changes(
+    State(state): State<AppState>,
+    Query(params): Query<ChangeParams>,
+    LastEventId(last): LastEventId,
+) -> Result<Response, ApiError> {
+    // An EventSource reconnects to the same URL (`since=now` included): the header wins.
+    let since = match (last, params.since) {
+        (Some(position), _) => Since::After(position),
+        (None, Some(since)) => since.parse().map_err(|_| {
+            ApiError::invalid(vec![FieldError::new(
+                "since",
+                "not a position of this feed",
+            )])
+        })?,
+        (None, None) => Since::Beginning,
+    };
+    let Some(logs) = state.logs.clone() else {
+        return Err(ApiError::Protocol(protocol::ProtocolError::Unavailable(
+            "this gateway has no partition logs to follow".into(),
+        )));
+    };
+    crate::feed::open(logs, state.metrics.clone(), since, params.group).await
 }
 
 /// `GET /api/users/count`.

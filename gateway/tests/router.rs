@@ -47,6 +47,7 @@ impl Api {
             max_concurrent: MAX_CONCURRENT,
             max_request: Duration::from_secs(30),
             api_keys,
+            logs: None,
         };
         Self {
             store,
@@ -537,6 +538,7 @@ async fn operations_endpoints() {
     for path in [
         "/api/user",
         "/api/user/{id}",
+        "/api/users/changes",
         "/api/cluster",
         "/health",
         "/ready",
@@ -548,6 +550,65 @@ async fn operations_endpoints() {
         assert!(paths["/api/user/{id}"][method].is_object(), "{method}");
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
+
+#[tokio::test]
+async fn change_feed_positions_and_filters_are_checked_before_anything_is_opened() {
+    let api = Api::new();
+    let last_event_id = |value: &str| {
+        Request::builder()
+            .uri("/api/users/changes")
+            .header("Last-Event-ID", value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (request, field) in [
+        (last_event_id("garbage"), "Last-Event-ID"),
+        (last_event_id("0000000a.1.-2"), "Last-Event-ID"),
+        (last_event_id("0000000a"), "Last-Event-ID"),
+        (get("/api/users/changes?since=yesterday"), "since"),
+        (get("/api/users/changes?since=0000000g.1"), "since"),
+        (get("/api/users/changes?group=2147483648"), "group"),
+        (get("/api/users/changes?group=x"), "group"),
+    ] {
+        let (status, response, problem) = api.send(request).await;
+        assert_problem(status, &response, &problem, 400);
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let (status, response, problem) = api.call(Method::GET, "/api/users/changes?since=now").await;
+    assert_problem(status, &response, &problem, 503);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::builder().uri(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn the_status_page_is_served_whole_under_a_strict_policy() {
+    let api = Api::new();
+    for (path, kind) in [
+        ("/status", "text/html"),
+        ("/status/app.js", "text/javascript"),
+        ("/status/style.css", "text/css"),
+    ] {
+        let (status, response, _) = api.call(Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+    }
+    let (_, _, page) = api.call(Method::GET, "/status").await;
+    let page = page.as_str().unwrap();
+    assert!(page.contains("/status/app.js") && page.contains("/status/style.css"));
 }
 
 #[tokio::test]
@@ -766,6 +827,21 @@ async fn each_call_needs_its_scope() {
         ),
         ("ops-key", Method::GET, "/api/cluster", StatusCode::OK),
         ("ops-key", Method::GET, "/metrics", StatusCode::OK),
+        // The feed is a read (503 here: the router tests have no logs to follow).
+        (
+            "writer-key",
+            Method::GET,
+            "/api/users/changes",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "reader-key",
+            Method::GET,
+            "/api/users/changes",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        // The status page is open; the data it shows is not.
+        ("nobody", Method::GET, "/status", StatusCode::OK),
     ];
     for (key, method, uri, expected) in cases {
         let body = (method == Method::POST).then(ann);

@@ -14,6 +14,9 @@
 //!   ([`CopyReader`]); [`Cluster::log_end`] and [`Cluster::log_entry`] read a partition's log;
 //!   [`Cluster::wait_caught_up`] waits until a node has applied its logs to the end.
 //!
+//! - [`feed`] reads a change feed as Server-Sent Events; [`Browser`] drives a headless
+//!   Chromium through chromedriver (WebDriver), screenshots into [`artifacts_dir`].
+//!
 //! NATS runs with the repository's `nats.conf` (one user per role, subject permissions) and
 //! fresh random passwords; each process logs in as its role, the harness's own clients
 //! ([`Cluster::nats_client`]) as `admin`. [`ClusterBuilder::without_auth`] starts an open
@@ -24,10 +27,12 @@
 //! keeps a cluster's temp dir (data and logs) after the test.
 
 mod auth;
+mod browser;
 mod builder;
 pub mod checker;
 mod cluster;
 mod dbnode;
+pub mod feed;
 mod gateway;
 pub mod history;
 mod http;
@@ -44,6 +49,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use crate::auth::{nats_conf, ApiKey, NatsAuth, NatsUser};
+pub use crate::browser::{artifacts_dir, Browser, BrowserBins, ConsoleEntry};
 pub use crate::builder::ClusterBuilder;
 pub use crate::cluster::Cluster;
 pub use crate::dbnode::DbNode;

@@ -143,7 +143,7 @@ async fn every_dbnode_answers_srv_ping_and_each_role_is_held_to_its_subjects() {
         services.insert(ping["id"].as_str().unwrap_or_default().to_owned());
     }
 
-    eprintln!("== phase: the gateway may not write the log, use JetStream or serve requests");
+    eprintln!("== phase: the gateway may read the logs, not write, purge or change them");
     let client = gateway.client.clone();
     gateway
         .refused("gateway publishes to ringstore.log.0.6131", async {
@@ -151,9 +151,24 @@ async fn every_dbnode_answers_srv_ping_and_each_role_is_held_to_its_subjects() {
         })
         .await;
     gateway
-        .refused("gateway asks $JS.API.STREAM.INFO", async {
-            let info = client.request("$JS.API.STREAM.INFO.RINGSTORE_P0", "".into());
-            let _ = tokio::time::timeout(Duration::from_millis(500), info).await;
+        .refused("gateway purges RINGSTORE_P0", async {
+            let purge = client.request("$JS.API.STREAM.PURGE.RINGSTORE_P0", "".into());
+            let _ = tokio::time::timeout(Duration::from_millis(500), purge).await;
+        })
+        .await;
+    gateway
+        .refused("gateway deletes an entry of RINGSTORE_P1", async {
+            let delete = client.request(
+                "$JS.API.STREAM.MSG.DELETE.RINGSTORE_P1",
+                r#"{"seq":1}"#.into(),
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(500), delete).await;
+        })
+        .await;
+    gateway
+        .refused("gateway updates RINGSTORE_P2", async {
+            let update = client.request("$JS.API.STREAM.UPDATE.RINGSTORE_P2", "{}".into());
+            let _ = tokio::time::timeout(Duration::from_millis(500), update).await;
         })
         .await;
     gateway
