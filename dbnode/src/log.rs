@@ -81,6 +81,10 @@ pub struct PartitionLog {
     js: jetstream::Context,
     client: async_nats::Client,
     partition: PartitionId,
+    /// The stream lives on a JetStream cluster (Raft-replicated), where the leader checks an
+    /// append's message id *before* its expected sequences and proposes it without checking
+    /// `Nats-Expected-Last-Msg-Id`, which every copy then checks on apply.
+    clustered: bool,
 }
 
 /// The stream's identity and end, as the tailer checks them.
@@ -178,10 +182,16 @@ impl PartitionLog {
                 wrong.join(", ")
             )));
         }
+        let clustered = stream
+            .cached_info()
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.name.is_some());
         Ok(Self {
             js,
             client: client.clone(),
             partition,
+            clustered,
         })
     }
 
@@ -314,13 +324,23 @@ impl Log for PartitionLog {
         })
     }
 
-    /// A publish with the request id as message id and an expected last message id no entry
-    /// has: JetStream answers it as a duplicate of the first entry (duplicates are checked
-    /// before that header) or refuses it; it is never stored.
+    /// A publish with the request id as message id and an expectation no entry meets, so that
+    /// JetStream answers it as a duplicate of the first entry or refuses it; it is never
+    /// stored. Which expectation depends on where JetStream checks duplicates:
+    /// - on a single server, duplicates are checked before `Nats-Expected-Last-Msg-Id` and after
+    ///   the expected sequences: the probe names a message id no entry has;
+    /// - on a cluster, the leader checks duplicates first and then the expected sequences, all
+    ///   before proposing, but passes `Nats-Expected-Last-Msg-Id` on to every copy's apply,
+    ///   where a mismatch is a write error that can wedge the stream: the probe expects the
+    ///   record's latest entry at a sequence no log reaches instead.
     fn find_request(&self, entry: &LogEntry) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
-        let message = PublishMessage::build()
-            .message_id(&entry.request_id)
-            .expected_last_message_id("ringstore: no entry has this id");
+        let message = PublishMessage::build().message_id(&entry.request_id);
+        let message = if self.clustered {
+            // The largest sequence nats-server parses exactly (it reads the header as an i64).
+            message.expected_last_subject_sequence(i64::MAX as u64)
+        } else {
+            message.expected_last_message_id("ringstore: no entry has this id")
+        };
         let probe = self.publish(&entry.id, message);
         Box::pin(async move {
             match probe.await {

@@ -18,6 +18,7 @@ pub struct ClusterBuilder {
     ready_timeout: Duration,
     auth: bool,
     tls: bool,
+    nats_servers: usize,
     dbnode_env: Vec<(String, String)>,
     gateway_env: Vec<(String, String)>,
 }
@@ -33,6 +34,7 @@ impl Default for ClusterBuilder {
             ready_timeout: Duration::from_secs(30),
             auth: true,
             tls: false,
+            nats_servers: 1,
             dbnode_env: Vec::new(),
             gateway_env: Vec::new(),
         }
@@ -96,6 +98,18 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `n` NATS servers as one cluster (routes, clustered JetStream) and every log
+    /// stream with `n` replicas (`STREAM_REPLICAS`); every process gets all their URLs.
+    /// Needs `nats.conf` (not with [`ClusterBuilder::without_auth`]) and no TLS.
+    pub fn nats_servers(mut self, n: usize) -> Self {
+        self.nats_servers = n.max(1);
+        if n > 1 {
+            self.dbnode_env
+                .push(("STREAM_REPLICAS".into(), n.to_string()));
+        }
+        self
+    }
+
     /// An open nats-server (no users, no permissions) instead of one with `nats.conf`.
     pub fn without_auth(mut self) -> Self {
         self.auth = false;
@@ -130,20 +144,29 @@ impl ClusterBuilder {
             self.dbnode_env
                 .push(("NATS_TLS_CA".into(), tls.ca.display().to_string()));
         }
-        let nats = if self.auth {
-            Nats::start_secured(&dir, &nats_log, NatsAuth::random(), tls.clone()).await
+        let nats = if self.nats_servers > 1 {
+            assert!(
+                self.auth && tls.is_none(),
+                "a NATS cluster runs with nats.conf, no TLS"
+            );
+            Nats::start_cluster(&dir, &logs, self.nats_servers, NatsAuth::random()).await
+        } else if self.auth {
+            vec![Nats::start_secured(&dir, &nats_log, NatsAuth::random(), tls.clone()).await]
         } else {
-            Nats::start(&dir, &nats_log).await
+            vec![Nats::start(&dir, &nats_log).await]
         };
+        let nats_urls: Vec<String> = nats.iter().map(Nats::url).collect();
+        let nats_url = nats_urls.join(",");
+        let auth = nats[0].auth().cloned();
         let nodes = (0..self.nodes)
             .map(|i| {
                 let data = dir.join(format!("db-{i}"));
                 let log = logs.join(format!("db-{i}.log"));
-                let mut node = DbNode::new(&bins.dbnode, i, data, &log, &nats.url(), partitions);
+                let mut node = DbNode::new(&bins.dbnode, i, data, &log, &nats_url, partitions);
                 for (key, value) in &self.dbnode_env {
                     node = node.with_env(key, value);
                 }
-                match nats.auth() {
+                match &auth {
                     Some(auth) => node.with_nats_user(auth.node(i)),
                     None => node,
                 }
@@ -151,10 +174,10 @@ impl ClusterBuilder {
             .collect();
         // With nats.conf the nodes may not create streams: provision them first, as an
         // operator does. (On an open server the nodes create their own.)
-        if let Some(auth) = nats.auth() {
+        if let Some(auth) = &auth {
             crate::dbnode::provision(
                 &bins.dbnode,
-                &nats.url(),
+                &nats_url,
                 &auth.admin,
                 partitions,
                 &self.dbnode_env,
@@ -169,7 +192,7 @@ impl ClusterBuilder {
         std::fs::write(&keys_file, api_key.line()).expect("the API keys file");
         let gateway = self.gateway.then(|| {
             let config = GatewayConfig {
-                nats_url: nats.url(),
+                nats_url: nats_url.clone(),
                 partitions,
                 read_from: self.read_from,
                 request_timeout: self.request_timeout,
@@ -184,7 +207,7 @@ impl ClusterBuilder {
             for (key, value) in &self.gateway_env {
                 gateway = gateway.with_env(key, value);
             }
-            match nats.auth() {
+            match &auth {
                 Some(auth) => gateway.with_nats_user(&auth.gateway),
                 None => gateway,
             }

@@ -22,7 +22,8 @@ const DUMP_LINES: usize = 40;
 pub struct Cluster {
     pub(crate) gateway: Option<Gateway>,
     pub(crate) nodes: Vec<DbNode>,
-    pub(crate) nats: Nats,
+    /// The NATS servers: one, or a cluster (`ClusterBuilder::nats_servers`).
+    pub(crate) nats: Vec<Nats>,
     pub(crate) http: reqwest::Client,
     pub(crate) api_key: crate::ApiKey,
     pub(crate) partitions: u32,
@@ -63,19 +64,30 @@ impl Cluster {
         self.partitions
     }
 
-    /// The nats-server.
+    /// The nats-server (the first, on a NATS cluster).
     pub fn nats(&mut self) -> &mut Nats {
-        &mut self.nats
+        &mut self.nats[0]
     }
 
-    /// The NATS URL every process uses.
+    /// NATS server `i` (`nats-i` on a NATS cluster).
+    pub fn nats_server(&mut self, i: usize) -> &mut Nats {
+        &mut self.nats[i]
+    }
+
+    /// How many NATS servers there are.
+    pub fn nats_servers(&self) -> usize {
+        self.nats.len()
+    }
+
+    /// The NATS URL every process uses: every server's, separated by commas.
     pub fn nats_url(&self) -> String {
-        self.nats.url()
+        let urls: Vec<String> = self.nats.iter().map(Nats::url).collect();
+        urls.join(",")
     }
 
     /// The NATS users and passwords (`None` for a cluster built `without_auth`).
     pub fn nats_auth(&self) -> Option<&NatsAuth> {
-        self.nats.auth()
+        self.nats[0].auth()
     }
 
     /// Node `db-{index}`.
@@ -109,10 +121,10 @@ impl Cluster {
             index,
             self.dir.join(name),
             &log,
-            &self.nats.url(),
+            &self.nats_url(),
             self.partitions,
         );
-        let mut node = match self.nats.auth() {
+        let mut node = match self.nats_auth() {
             Some(auth) => node.with_nats_user(auth.node(index)),
             None => node,
         };
@@ -123,12 +135,11 @@ impl Cluster {
     /// Runs `dbnode --provision` again (e.g. after deleting a log stream), as `admin`.
     pub async fn provision(&self) {
         let auth = self
-            .nats
-            .auth()
+            .nats_auth()
             .expect("provisioning needs nats.conf's admin");
         crate::dbnode::provision(
             &self.bins.dbnode,
-            &self.nats.url(),
+            &self.nats_url(),
             &auth.admin,
             self.partitions,
             &[],
@@ -140,15 +151,20 @@ impl Cluster {
     /// A new NATS client connected to the cluster's server (5 s connect timeout), logged in as
     /// `admin` when the server has users.
     pub async fn nats_client(&self) -> async_nats::Client {
-        let connect = self
+        let servers: Vec<async_nats::ServerAddr> = self
             .nats
+            .iter()
+            .map(|n| n.url().parse().expect("a NATS URL"))
+            .collect();
+        let connect = self.nats[0]
             .admin_options()
             .connection_timeout(Duration::from_secs(5))
-            .connect(self.nats.url());
+            .connect(servers);
+        let url = self.nats_url();
         match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => panic!("cannot connect to NATS at {}: {e}", self.nats.url()),
-            Err(_) => panic!("connecting to NATS at {} timed out", self.nats.url()),
+            Ok(Err(e)) => panic!("cannot connect to NATS at {url}: {e}"),
+            Err(_) => panic!("connecting to NATS at {url} timed out"),
         }
     }
 
@@ -258,7 +274,9 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             node.kill9();
         }
-        self.nats.kill();
+        for nats in &mut self.nats {
+            nats.kill();
+        }
         if std::thread::panicking() {
             self.dump_logs();
         }

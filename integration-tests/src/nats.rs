@@ -14,6 +14,17 @@ use crate::tls::TlsFiles;
 /// How long a starting nats-server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A server's place in a NATS cluster: its name, its route port, and its peers' route ports.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// `-n`: the server's name (JetStream's Raft groups name their members by it).
+    pub name: String,
+    /// `--cluster`: where it listens for routes.
+    pub port: u16,
+    /// `--routes`: the other servers' route ports.
+    pub peers: Vec<u16>,
+}
+
 /// A `nats-server -js` process. `kill` + `restart` keep its port and JetStream store, so the
 /// cluster sees the same server come back with its streams.
 #[derive(Debug)]
@@ -23,6 +34,7 @@ pub struct Nats {
     store: PathBuf,
     auth: Option<NatsAuth>,
     tls: Option<TlsFiles>,
+    name: Option<String>,
 }
 
 impl Nats {
@@ -31,7 +43,7 @@ impl Nats {
     /// it accepts TCP connections.
     /// Anyone may connect and do anything: no users.
     pub async fn start(dir: &Path, log: &Path) -> Nats {
-        Nats::launch(dir, log, None, None).await
+        Nats::launch(dir, log, None, None, None).await
     }
 
     /// Starts `nats-server -c nats.conf` (the repository's, or `$RINGSTORE_NATS_CONF`) with
@@ -39,7 +51,7 @@ impl Nats {
     /// and the store directory (`-p <free> -m <free> -sd <dir>/js`, on 127.0.0.1): the
     /// permissions of every role are the production ones.
     pub async fn start_with_config(dir: &Path, log: &Path, auth: NatsAuth) -> Nats {
-        Nats::launch(dir, log, Some(auth), None).await
+        Nats::launch(dir, log, Some(auth), None, None).await
     }
 
     /// As [`Nats::start_with_config`], and with `tls` every client must speak TLS
@@ -50,10 +62,61 @@ impl Nats {
         auth: NatsAuth,
         tls: Option<TlsFiles>,
     ) -> Nats {
-        Nats::launch(dir, log, Some(auth), tls).await
+        Nats::launch(dir, log, Some(auth), tls, None).await
     }
 
-    async fn launch(dir: &Path, log: &Path, auth: Option<NatsAuth>, tls: Option<TlsFiles>) -> Nats {
+    /// `n` servers as one NATS cluster (routes between all of them, JetStream clustered, the
+    /// cluster named `ringstore`, servers `nats-0`..), each with `nats.conf` and `auth` and
+    /// its own store under `dir/nats-i/js`. Returns once every server accepts connections
+    /// (JetStream elects its meta leader soon after; creating a stream waits for it).
+    pub async fn start_cluster(dir: &Path, logs: &Path, n: usize, auth: NatsAuth) -> Vec<Nats> {
+        let ports: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
+        let mut servers = Vec::with_capacity(n);
+        for (i, &port) in ports.iter().enumerate() {
+            let routes = Routes {
+                name: format!("nats-{i}"),
+                port,
+                peers: ports.iter().copied().filter(|&p| p != port).collect(),
+            };
+            let dir = dir.join(format!("nats-{i}"));
+            let log = logs.join(format!("nats-{i}.log"));
+            servers.push(Nats::configure(
+                &dir,
+                &log,
+                Some(auth.clone()),
+                None,
+                Some(routes),
+            ));
+        }
+        // Start them all before waiting: a clustered server may wait for its peers.
+        for server in &mut servers {
+            server.proc.start();
+        }
+        for server in &mut servers {
+            server.wait_accepting().await;
+        }
+        servers
+    }
+
+    async fn launch(
+        dir: &Path,
+        log: &Path,
+        auth: Option<NatsAuth>,
+        tls: Option<TlsFiles>,
+        routes: Option<Routes>,
+    ) -> Nats {
+        let mut nats = Nats::configure(dir, log, auth, tls, routes);
+        nats.restart().await;
+        nats
+    }
+
+    fn configure(
+        dir: &Path,
+        log: &Path,
+        auth: Option<NatsAuth>,
+        tls: Option<TlsFiles>,
+        routes: Option<Routes>,
+    ) -> Nats {
         let port = crate::free_port();
         let store = dir.join("js");
         let program = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
@@ -76,6 +139,23 @@ impl Nats {
                 .arg("--tlskey")
                 .arg(tls.key.display().to_string());
         }
+        let name = routes.as_ref().map(|r| r.name.clone());
+        if let Some(routes) = routes {
+            let peers: Vec<String> = routes
+                .peers
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            proc = proc
+                .arg("-n")
+                .arg(&routes.name)
+                .arg("--cluster_name")
+                .arg("ringstore")
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", routes.port))
+                .arg("--routes")
+                .arg(peers.join(","));
+        }
         let proc = proc
             .arg("-js")
             .arg("-a")
@@ -84,15 +164,19 @@ impl Nats {
             .arg(port.to_string())
             .arg("-sd")
             .arg(&store);
-        let mut nats = Nats {
+        Nats {
             proc,
             port,
             store,
             auth,
             tls,
-        };
-        nats.restart().await;
-        nats
+            name,
+        }
+    }
+
+    /// The server's name in its cluster (`nats-i`); `None` for a lone server.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     /// The users and passwords, for a server started with `nats.conf`; `None` when open.

@@ -2,7 +2,8 @@
 //! processes: six clients make creates, reads, updates, `If-Match` updates and deletes of six
 //! records through one gateway (`REQUEST_TIMEOUT_MS=1000`) while a nemesis injects one kind of
 //! fault — kill -9 and restart, SIGSTOP/SIGCONT of a primary or of a replica, pauses longer
-//! than the request timeout and than JetStream's duplicate window, NATS restarts. Every
+//! than the request timeout and than JetStream's duplicate window, NATS restarts, and kill -9
+//! of one server of a 3-server NATS cluster whose logs are replicated on all three. Every
 //! operation's invocation, completion and outcome is recorded (a timeout or 5xx is "unknown":
 //! it may or may not have happened), and the history of each record is checked for
 //! linearizability against a register-with-CAS model (`integration_tests::checker`).
@@ -43,6 +44,9 @@ enum Nemesis {
     LongPause,
     /// kill -9 of nats-server, restarted 1 s later.
     NatsRestart,
+    /// On a 3-server NATS cluster with R3 logs: kill -9 of one server (a log's leader or
+    /// a follower), restarted 3 s later.
+    NatsServerKill,
 }
 
 /// A small deterministic generator (xorshift), seeded per run and printed, so a failing run
@@ -112,9 +116,14 @@ async fn run(nemesis: Nemesis) {
         Nemesis::LongPause => 2,
         _ => 120,
     };
+    let servers = match nemesis {
+        Nemesis::NatsServerKill => 3,
+        _ => 1,
+    };
     let mut cluster = Cluster::builder()
         .request_timeout(REQUEST_TIMEOUT)
         .dbnode_env("DUPLICATE_WINDOW_SECS", dedupe)
+        .nats_servers(servers)
         .start()
         .await;
     eprintln!("== {nemesis:?}: {CLIENTS} clients on {KEYS} records of P{PARTITION} for {seconds} s, seed {seed}");
@@ -177,6 +186,15 @@ async fn run(nemesis: Nemesis) {
                 cluster.nats().kill();
                 sleep(Duration::from_millis(1000)).await;
                 cluster.nats().restart().await;
+            }
+            Nemesis::NatsServerKill => {
+                let server = rng.next(3) as usize;
+                eprintln!(
+                    "== nemesis: kill -9 nats-{server} of the NATS cluster, restart it 3 s later"
+                );
+                cluster.nats_server(server).kill();
+                sleep(Duration::from_millis(3000)).await;
+                cluster.nats_server(server).restart().await;
             }
         }
     }
@@ -253,4 +271,9 @@ async fn linearizable_under_pauses_past_the_duplicate_window() {
 #[tokio::test]
 async fn linearizable_under_nats_restarts() {
     run(Nemesis::NatsRestart).await;
+}
+
+#[tokio::test]
+async fn linearizable_under_nats_server_kills_on_a_nats_cluster() {
+    run(Nemesis::NatsServerKill).await;
 }

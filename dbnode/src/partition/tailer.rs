@@ -126,17 +126,28 @@ async fn tail(
     settle(partition, gap);
     let mut check = tokio::time::interval(IDENTITY_CHECK);
     check.tick().await;
+    // The identity check runs beside the tailing, never in its way: on a NATS cluster whose
+    // stream or meta leader is being re-elected, reading the log's state can take the whole
+    // log timeout while entries keep arriving.
+    let mut checking = None;
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = check.tick() => match check_identity(partition).await {
-                Some((now, false)) if now.epoch == state.epoch => continue,
-                Some(_) => {
-                    info!(partition = p, "re-tailing a changed log");
-                    return Err(Retail);
+            _ = check.tick(), if checking.is_none() => {
+                checking = Some(Box::pin(check_identity(partition)));
+                continue;
+            }
+            checked = async { checking.as_mut().expect("guarded").await }, if checking.is_some() => {
+                checking = None;
+                match checked {
+                    Some((now, false)) if now.epoch == state.epoch => continue,
+                    Some(_) => {
+                        info!(partition = p, "re-tailing a changed log");
+                        return Err(Retail);
+                    }
+                    None => continue,
                 }
-                None => continue,
-            },
+            }
             item = entries.next() => item,
         };
         let message = match item {

@@ -1,0 +1,375 @@
+//! ringstore on a 3-server NATS cluster with Raft-replicated logs (`STREAM_REPLICAS=3`): under
+//! a steady write load, kill -9 of the server that leads a partition's log, kill -9 of a
+//! server that only follows, a server paused past its peers' and clients' heartbeats, and
+//! all three servers restarted. No acknowledged write is lost, no dbnode or gateway is
+//! restarted, and each drill's unavailability is measured and printed (the README's figures
+//! come from these lines).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use integration_tests::{client, eventually, Cluster};
+use protocol::partition::partition_of;
+use protocol::subjects;
+use serde_json::json;
+use tokio::time::Instant;
+
+const SERVERS: usize = 3;
+/// How long drill 3 pauses a server: longer than a log's re-election, so that every
+/// partition must be writable again while it is still paused.
+const PAUSE: Duration = Duration::from_secs(15);
+
+/// An acknowledged create: the record, its partition, its version, when it was sent and
+/// when it was answered.
+#[derive(Debug, Clone)]
+struct Ack {
+    id: String,
+    partition: u32,
+    version: u64,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Writers creating fresh records through the gateway until stopped.
+struct Load {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    refused: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, writers: usize) -> Load {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..writers)
+            .map(|w| {
+                let http = client(Some(&cluster.api_key().key));
+                let url = cluster.url("/api/user");
+                let (acks, refused, stop) = (acks.clone(), refused.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("w{w}-{n}");
+                        let body =
+                            json!({"id": id, "name": "Load", "email": "l@example.com", "group": 1});
+                        let sent = Instant::now();
+                        let answer = http
+                            .post(&url)
+                            .json(&body)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        match answer {
+                            Ok(r) if r.status() == 201 => {
+                                let version = integration_tests::etag(&r);
+                                acks.lock().unwrap().push(Ack {
+                                    partition: partition_of(&id, 3),
+                                    id,
+                                    version,
+                                    sent,
+                                    answered: Instant::now(),
+                                });
+                            }
+                            // 503/504 or no answer: not acknowledged; try the next record
+                            // after a breath so that an outage is not a busy loop.
+                            _ => {
+                                *refused.lock().unwrap() += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acks,
+            refused,
+            stop,
+            tasks,
+        }
+    }
+
+    fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    /// Waits until every partition has an acknowledged write sent after `since`; returns,
+    /// per partition, when the first such write was answered.
+    async fn resumed_after(&self, since: Instant) -> BTreeMap<u32, Instant> {
+        eventually(Duration::from_secs(60), || async {
+            let mut first = BTreeMap::new();
+            for ack in self.acks().into_iter().filter(|a| a.sent > since) {
+                let at = first.entry(ack.partition).or_insert(ack.answered);
+                *at = (*at).min(ack.answered);
+            }
+            (first.len() == 3).then_some(first)
+        })
+        .await
+    }
+
+    /// The longest time between two consecutive acknowledgements of partition `p` answered
+    /// in `[from, to]`.
+    fn longest_gap(&self, p: u32, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .acks()
+            .into_iter()
+            .filter(|a| a.partition == p && a.answered >= from && a.answered <= to)
+            .map(|a| a.answered)
+            .collect();
+        times.sort();
+        times.insert(0, from);
+        times.push(to);
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    async fn stop(self) -> (Vec<Ack>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let refused = *self.refused.lock().unwrap();
+        (self.acks.lock().unwrap().clone(), refused)
+    }
+}
+
+/// Where partition `p`'s log is led from, and whether its followers are current.
+async fn placement(js: &jetstream::Context, p: u32) -> Option<(String, bool)> {
+    let mut stream = js.get_stream(subjects::stream_name(p)).await.ok()?;
+    let info = stream.info().await.ok()?;
+    let cluster = info.cluster.clone()?;
+    let leader = cluster.leader?;
+    let current = cluster.replicas.len() == SERVERS - 1
+        && cluster.replicas.iter().all(|r| r.current && !r.offline);
+    Some((leader, current))
+}
+
+/// Waits until every log has a leader and two current followers; returns the leaders.
+async fn healthy(js: &jetstream::Context) -> Vec<String> {
+    eventually(Duration::from_secs(60), || async {
+        let mut leaders = Vec::new();
+        for p in 0..3 {
+            match placement(js, p).await {
+                Some((leader, true)) => leaders.push(leader),
+                _ => return None,
+            }
+        }
+        Some(leaders)
+    })
+    .await
+}
+
+async fn leaders_now(js: &jetstream::Context) -> Vec<Option<String>> {
+    let mut leaders = Vec::new();
+    for p in 0..3 {
+        leaders.push(placement(js, p).await.map(|(leader, _)| leader));
+    }
+    leaders
+}
+
+fn index_of(server: &str) -> usize {
+    server
+        .strip_prefix("nats-")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("a harness server name: {server}"))
+}
+
+/// Reads every acknowledged record back through the gateway: each must be there with the
+/// version its create was acknowledged with.
+async fn verify(cluster: &Cluster, acks: &[Ack], after: &str) {
+    use futures::StreamExt;
+    let http = client(Some(&cluster.api_key().key));
+    let lost: Vec<String> = futures::stream::iter(acks)
+        .map(|ack| {
+            let url = cluster.url(&integration_tests::user_path(&ack.id));
+            let http = http.clone();
+            async move {
+                // A 503 is "not now" (a copy still catching up), not an answer: ask again.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let response = loop {
+                    let response = http.get(&url).send().await.expect("the gateway answers");
+                    if !response.status().is_server_error() || Instant::now() > deadline {
+                        break response;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                let status = response.status();
+                if status != 200 {
+                    return Some(format!(
+                        "{} (P{} v{}): {status}",
+                        ack.id, ack.partition, ack.version
+                    ));
+                }
+                let version = integration_tests::etag(&response);
+                (version != ack.version).then(|| {
+                    format!(
+                        "{} (P{} v{}): v{version}",
+                        ack.id, ack.partition, ack.version
+                    )
+                })
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|lost| async { lost })
+        .collect()
+        .await;
+    assert!(
+        lost.is_empty(),
+        "after {after}: {} of {} acknowledged writes lost or changed, e.g. {:?}",
+        lost.len(),
+        acks.len(),
+        &lost[..lost.len().min(10)]
+    );
+    eprintln!(
+        "== after {after}: all {} acknowledged writes read back",
+        acks.len()
+    );
+}
+
+/// Waits until acknowledgements of every partition keep coming again.
+async fn steady(load: &Load) {
+    load.resumed_after(Instant::now()).await;
+}
+
+#[tokio::test]
+async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::builder().nats_servers(SERVERS).start().await;
+    let admin = cluster.nats_client().await;
+    let js = jetstream::new(admin);
+    let leaders = healthy(&js).await;
+    eprintln!("== logs led by {leaders:?}");
+    let load = Load::start(&cluster, 6);
+    steady(&load).await;
+
+    eprintln!("== drill 1: kill -9 the server leading P0's log");
+    let victim = index_of(&leaders[0]);
+    let killed = Instant::now();
+    let killed_wall = std::time::SystemTime::now();
+    cluster.nats_server(victim).kill();
+    // When the new leader took over, by the servers' own clock (the same host's).
+    let elected: std::time::SystemTime = eventually(Duration::from_secs(30), || async {
+        let mut stream = js.get_stream(subjects::stream_name(0)).await.ok()?;
+        let cluster = stream.info().await.ok()?.cluster.clone()?;
+        let since = cluster.leader_since?;
+        (cluster.leader? != leaders[0]).then(|| since.into())
+    })
+    .await;
+    let election = elected.duration_since(killed_wall).unwrap_or_default();
+    let resumed = load.resumed_after(killed).await;
+    let p0 = resumed[&0] - killed;
+    eprintln!(
+        "MEASURED leader kill: P0's new leader elected {:.2} s after the kill; P0 writes \
+         acknowledged again {:.2} s after the kill, {:.2} s after the election",
+        election.as_secs_f64(),
+        p0.as_secs_f64(),
+        p0.saturating_sub(election).as_secs_f64(),
+    );
+    assert!(
+        p0.saturating_sub(election) <= Duration::from_secs(1),
+        "P0 writes resumed {:?} after its new leader was elected",
+        p0.saturating_sub(election)
+    );
+    cluster.nats_server(victim).restart().await;
+    let leaders = healthy(&js).await;
+    steady(&load).await;
+    verify(&cluster, &load.acks(), "drill 1").await;
+
+    eprintln!("== drill 2: kill -9 a server that leads no log (or the fewest)");
+    let victim = (0..SERVERS)
+        .min_by_key(|&i| {
+            leaders
+                .iter()
+                .filter(|l| **l == format!("nats-{i}"))
+                .count()
+        })
+        .unwrap();
+    let led: Vec<u32> = (0..3)
+        .filter(|&p| leaders[p as usize] == format!("nats-{victim}"))
+        .collect();
+    let killed = Instant::now();
+    cluster.nats_server(victim).kill();
+    let resumed = load.resumed_after(killed).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a window to measure gaps in
+    let window_end = Instant::now();
+    for p in (0..3).filter(|p| !led.contains(p)) {
+        let gap = load.longest_gap(p, killed, window_end);
+        eprintln!(
+            "MEASURED follower kill (nats-{victim}): P{p} longest pause between acknowledged \
+             writes {:.2} s (first after the kill {:.2} s)",
+            gap.as_secs_f64(),
+            (resumed[&p] - killed).as_secs_f64()
+        );
+        assert!(
+            gap <= Duration::from_secs(1),
+            "P{p} stalled {gap:?} when a follower of its log died"
+        );
+    }
+    cluster.nats_server(victim).restart().await;
+    healthy(&js).await;
+    steady(&load).await;
+    verify(&cluster, &load.acks(), "drill 2").await;
+
+    eprintln!("== drill 3: SIGSTOP a server for {PAUSE:?} (past every heartbeat), then SIGCONT");
+    let victim = 1;
+    let before = leaders_now(&js).await;
+    let paused = Instant::now();
+    cluster.nats_server(victim).pause();
+    let resumed = load.resumed_after(paused + Duration::from_millis(10)).await;
+    for (p, at) in &resumed {
+        let led = before[*p as usize].as_deref() == Some(&format!("nats-{victim}"));
+        let after = *at - paused;
+        eprintln!(
+            "MEASURED pause of nats-{victim}: P{p} (log {}) acknowledged a write sent after the \
+             pause {:.2} s after it",
+            if led {
+                "led by the paused server"
+            } else {
+                "led elsewhere"
+            },
+            after.as_secs_f64()
+        );
+        // A paused leader is a lost one: its log waits for an election (4-9 s). Elsewhere,
+        // only clients of the paused server wait, until they leave it (~3 s).
+        let limit = if led { PAUSE } else { Duration::from_secs(4) };
+        assert!(after < limit, "P{p} waited {after:?} during the pause");
+    }
+    tokio::time::sleep(PAUSE.saturating_sub(paused.elapsed())).await; // the drill's length
+    cluster.nats_server(victim).resume();
+    healthy(&js).await;
+    steady(&load).await;
+    verify(&cluster, &load.acks(), "drill 3").await;
+
+    eprintln!("== drill 4: kill -9 all three servers, start them again");
+    let stopped = Instant::now();
+    for i in 0..SERVERS {
+        cluster.nats_server(i).kill();
+    }
+    for i in 0..SERVERS {
+        cluster.nats_server(i).restart().await;
+    }
+    let resumed = load.resumed_after(stopped).await;
+    let worst = resumed.values().map(|at| *at - stopped).max().unwrap();
+    eprintln!(
+        "MEASURED full restart: writes of every partition acknowledged again {:.2} s after \
+         the kill",
+        worst.as_secs_f64()
+    );
+    healthy(&js).await;
+    steady(&load).await;
+
+    let (acks, refused) = load.stop().await;
+    eprintln!(
+        "== {} writes acknowledged, {refused} refused or unanswered",
+        acks.len()
+    );
+    verify(&cluster, &acks, "drill 4").await;
+}
