@@ -110,8 +110,9 @@ async fn open_key_bucket(
     shutdown: &CancellationToken,
 ) -> Option<()> {
     let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
+    let replicas = usize::from(config.stream_replicas);
     retry("opening the idempotency-key bucket", shutdown, || {
-        log::ensure_idempotency_bucket(client, ttl)
+        log::ensure_idempotency_bucket(client, ttl, replicas)
     })
     .await
 }

@@ -267,25 +267,44 @@ impl PartitionLog {
 }
 
 /// Creates the bucket of `Idempotency-Key`s if it does not exist yet, forgetting keys after
-/// `ttl` (the gateways use it; this node only provisions it).
+/// `ttl`, with `replicas` copies like the logs (on a NATS cluster, a bucket on one server would
+/// stop every keyed write when that server does); refuses one with fewer copies. The gateways
+/// use it; this node only provisions it.
 pub async fn ensure_idempotency_bucket(
     client: &async_nats::Client,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<(), LogError> {
     let js = jetstream::new(client.clone());
-    if js.get_key_value(subjects::IDEMPOTENCY_BUCKET).await.is_ok() {
-        return Ok(());
+    let store = match js.get_key_value(subjects::IDEMPOTENCY_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: subjects::IDEMPOTENCY_BUCKET.to_owned(),
+                description: "ringstore Idempotency-Keys: fingerprint and first response"
+                    .to_owned(),
+                history: 1,
+                max_age: ttl,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?,
+    };
+    let found = store
+        .status()
+        .await
+        .map_err(unavailable)?
+        .info
+        .config
+        .num_replicas;
+    if found.max(1) < replicas.max(1) {
+        return Err(LogError(format!(
+            "the Idempotency-Key bucket has {found} replica(s), fewer than STREAM_REPLICAS \
+             ({replicas}); fix it (as admin) or provision it again"
+        )));
     }
-    js.create_key_value(jetstream::kv::Config {
-        bucket: subjects::IDEMPOTENCY_BUCKET.to_owned(),
-        description: "ringstore Idempotency-Keys: fingerprint and first response".to_owned(),
-        history: 1,
-        max_age: ttl,
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(unavailable)?;
     Ok(())
 }
 
