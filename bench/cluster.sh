@@ -3,8 +3,10 @@
 # process cluster (nats-server with JetStream, db-0..db-2, the gateway) from release binaries
 # on free loopback ports in a temp dir, and removes everything on exit.
 #
-# After `start_cluster`: $work (temp dir), $base (gateway URL), $pids (nats, db-0..2, gateway,
-# then whatever the caller adds), and `preload` (BENCH_USERS users u0..u{N-1}).
+# After `start_cluster`: $work (temp dir), $base (gateway URL), $pids (the nats-servers,
+# db-0..2, gateway, then whatever the caller adds), and `preload` (BENCH_USERS users
+# u0..u{N-1}). NATS_NODES=3 runs a 3-server NATS cluster with R3 logs (STREAM_REPLICAS=3);
+# NATS_SYNC=always makes JetStream fsync every append before acknowledging it.
 
 say() { printf '==> %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -16,13 +18,35 @@ start_cluster() {
   work=$(mktemp -d)
   pids=()
   trap cleanup EXIT
-  local nats_port rest_port
-  nats_port=$(free_port)
+  local rest_port nodes=${NATS_NODES:-1} urls=() routes=() cluster_ports=() i
   rest_port=$(free_port)
-  export NATS_URL=nats://127.0.0.1:$nats_port RUST_LOG=warn
-  say "starting nats-server, db-0..db-2, gateway"
-  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
-  pids+=($!)
+  # NATS_SYNC=always: JetStream fsyncs every append before acknowledging it (the default
+  # flushes every 2 minutes).
+  {
+    echo "jetstream {"
+    [ "${NATS_SYNC:-default}" = always ] && echo "  sync_interval: always"
+    echo "}"
+  } >"$work/nats.conf"
+  for ((i = 0; i < nodes; i++)); do
+    urls+=("nats://127.0.0.1:$(free_port)")
+    cluster_ports+=("$(free_port)")
+  done
+  for ((i = 0; i < nodes; i++)); do
+    local args=(-c "$work/nats.conf" -js -a 127.0.0.1 -p "${urls[i]##*:}" -sd "$work/js/nats-$i")
+    if [ "$nodes" -gt 1 ]; then
+      routes=()
+      for p in "${cluster_ports[@]}"; do
+        [ "$p" = "${cluster_ports[i]}" ] || routes+=("nats://127.0.0.1:$p")
+      done
+      args+=(-n "nats-$i" --cluster_name bench --cluster "nats://127.0.0.1:${cluster_ports[i]}"
+        --routes "$(IFS=,; echo "${routes[*]}")")
+    fi
+    nats-server "${args[@]}" >"$work/nats-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  NATS_URL=$(IFS=,; echo "${urls[*]}")
+  export NATS_URL RUST_LOG=warn STREAM_REPLICAS=$nodes
+  say "started $nodes nats-server(s) (sync: ${NATS_SYNC:-default}); starting db-0..db-2, gateway"
   for i in 0 1 2; do
     DB_INSTANCE_ID=db-$i DATA_DIR=$work/db-$i "$bin/dbnode" >"$work/db-$i.log" 2>&1 &
     pids+=($!)
