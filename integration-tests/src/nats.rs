@@ -43,7 +43,7 @@ impl Nats {
     /// it accepts TCP connections.
     /// Anyone may connect and do anything: no users.
     pub async fn start(dir: &Path, log: &Path) -> Nats {
-        Nats::launch(dir, log, None, None, None).await
+        Nats::launch(dir, log, None, None).await
     }
 
     /// Starts `nats-server -c nats.conf` (the repository's, or `$RINGSTORE_NATS_CONF`) with
@@ -51,7 +51,7 @@ impl Nats {
     /// and the store directory (`-p <free> -m <free> -sd <dir>/js`, on 127.0.0.1): the
     /// permissions of every role are the production ones.
     pub async fn start_with_config(dir: &Path, log: &Path, auth: NatsAuth) -> Nats {
-        Nats::launch(dir, log, Some(auth), None, None).await
+        Nats::launch(dir, log, Some(auth), None).await
     }
 
     /// As [`Nats::start_with_config`], and with `tls` every client must speak TLS
@@ -62,7 +62,7 @@ impl Nats {
         auth: NatsAuth,
         tls: Option<TlsFiles>,
     ) -> Nats {
-        Nats::launch(dir, log, Some(auth), tls, None).await
+        Nats::launch(dir, log, Some(auth), tls).await
     }
 
     /// `n` servers as one NATS cluster (routes between all of them, JetStream clustered, the
@@ -98,14 +98,9 @@ impl Nats {
         servers
     }
 
-    async fn launch(
-        dir: &Path,
-        log: &Path,
-        auth: Option<NatsAuth>,
-        tls: Option<TlsFiles>,
-        routes: Option<Routes>,
-    ) -> Nats {
-        let mut nats = Nats::configure(dir, log, auth, tls, routes);
+    /// A lone server, started.
+    async fn launch(dir: &Path, log: &Path, auth: Option<NatsAuth>, tls: Option<TlsFiles>) -> Nats {
+        let mut nats = Nats::configure(dir, log, auth, tls, None);
         nats.restart().await;
         nats
     }
