@@ -4,7 +4,8 @@
 //! the image's `nats.conf` and fresh passwords. Each scenario deploys its own cluster (nats,
 //! db-0..db-2, gateway) and talks to the gateway through its mapped port: CRUD, a dbnode
 //! container stopped for 10 s and started again, a paused dbnode container, a restarted NATS
-//! container. Every acknowledged write must survive and the returning node must converge.
+//! container, and on a 3-container NATS cluster with R3 logs the container leading a log
+//! killed. Every acknowledged write must survive and the returning node must converge.
 //!
 //! Without the images every scenario passes after printing `skipped: images not built`, so
 //! the suite runs on hosts without Docker; with `RINGSTORE_REQUIRE_IMAGES=1` (CI, after
@@ -56,6 +57,11 @@ fn missing_images() -> Option<String> {
 /// A deployed cluster of containers, or `None` (after saying so) when the images are absent
 /// and `RINGSTORE_REQUIRE_IMAGES` is not `1`.
 async fn deploy_or_skip(scenario: &str) -> Option<Deployment> {
+    deploy_on_or_skip(scenario, 1).await
+}
+
+/// As [`deploy_or_skip`], with `servers` NATS containers as one cluster (R3 logs when 3).
+async fn deploy_on_or_skip(scenario: &str, servers: usize) -> Option<Deployment> {
     if let Some(why) = missing_images() {
         if std::env::var("RINGSTORE_REQUIRE_IMAGES").as_deref() == Ok("1") {
             panic!("RINGSTORE_REQUIRE_IMAGES=1 but {why}; run scripts/build-images");
@@ -63,16 +69,18 @@ async fn deploy_or_skip(scenario: &str) -> Option<Deployment> {
         eprintln!("skipped: images not built ({why}); run scripts/build-images ({scenario})");
         return None;
     }
-    Some(Deployment::start(scenario).await)
+    Some(Deployment::start(scenario, servers).await)
 }
 
-/// nats + db-0..db-2 + gateway on one private network, torn down on drop (printing the last
-/// lines of every container's log if the scenario is failing).
+/// nats (one server, or nats-0..nats-2 as a cluster) + db-0..db-2 + gateway on one private
+/// network, torn down on drop (printing the last lines of every container's log if the
+/// scenario is failing).
 struct Deployment {
     /// Unique per deployment: container names and the network are `{prefix}-…`.
     prefix: String,
     auth: NatsAuth,
-    nats: ContainerAsync<GenericImage>,
+    /// The NATS servers; on a cluster, server `i` is named `nats-{i}`.
+    nats: Vec<ContainerAsync<GenericImage>>,
     nodes: Vec<ContainerAsync<GenericImage>>,
     gateway: ContainerAsync<GenericImage>,
     base: String,
@@ -100,22 +108,51 @@ fn ringstore_container(
 }
 
 impl Deployment {
-    async fn start(scenario: &str) -> Deployment {
+    async fn start(scenario: &str, servers: usize) -> Deployment {
         let prefix = format!("rs-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let network = format!("{prefix}-net");
         let auth = NatsAuth::random();
-        let nats_url = format!("nats://{prefix}-nats:4222");
+        let name_of = |i: usize| match servers {
+            1 => format!("{prefix}-nats"),
+            _ => format!("{prefix}-nats-{i}"),
+        };
+        let urls: Vec<String> = (0..servers)
+            .map(|i| format!("nats://{}:4222", name_of(i)))
+            .collect();
+        let nats_url = urls.join(",");
+        let replicas = servers.to_string();
         eprintln!("== deploy {scenario}: containers {prefix}-* on network {network}");
 
-        let mut nats = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
-            .with_exposed_port(4222.tcp())
-            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-            .with_network(&network)
-            .with_container_name(format!("{prefix}-nats"));
-        for (key, value) in auth.server_env() {
-            nats = nats.with_env_var(key, value);
+        let mut nats = Vec::new();
+        for i in 0..servers {
+            let mut server = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
+                .with_exposed_port(4222.tcp())
+                .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+                .with_network(&network)
+                .with_container_name(name_of(i));
+            for (key, value) in auth.server_env() {
+                server = server.with_env_var(key, value);
+            }
+            let server = if servers > 1 {
+                let routes: Vec<String> = (0..servers)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("nats://{}:6222", name_of(j)))
+                    .collect();
+                server.with_cmd([
+                    "-n".to_owned(),
+                    format!("nats-{i}"),
+                    "--cluster_name".to_owned(),
+                    "ringstore".to_owned(),
+                    "--cluster".to_owned(),
+                    "nats://0.0.0.0:6222".to_owned(),
+                    "--routes".to_owned(),
+                    routes.join(","),
+                ])
+            } else {
+                server
+            };
+            nats.push(server.start().await.expect("a nats container starts"));
         }
-        let nats = nats.start().await.expect("the nats container starts");
 
         // The operator's step: the nodes may not create streams, `dbnode --provision` as
         // admin does (a one-shot container of the dbnode image).
@@ -124,6 +161,7 @@ impl Deployment {
         );
         let name = format!("{prefix}-provision");
         ringstore_container(provisioning, &network, &name, &nats_url, &auth.admin)
+            .with_env_var("STREAM_REPLICAS", &replicas)
             .with_cmd(["--provision"])
             .start()
             .await
@@ -135,6 +173,7 @@ impl Deployment {
             let image = GenericImage::new(DBNODE_IMAGE.0, DBNODE_IMAGE.1);
             let node = ringstore_container(image, &network, &name, &nats_url, auth.node(i))
                 .with_env_var("DB_INSTANCE_ID", format!("db-{i}"))
+                .with_env_var("STREAM_REPLICAS", &replicas)
                 .with_env_var("RUST_LOG", "info,dbnode=debug");
             nodes.push(node.start().await.expect("a dbnode container starts"));
         }
@@ -205,8 +244,7 @@ impl Deployment {
 
     /// A NATS client on the mapped port, as the admin user.
     async fn nats_client(&self) -> async_nats::Client {
-        let port = self
-            .nats
+        let port = self.nats[0]
             .get_host_port_ipv4(4222.tcp())
             .await
             .expect("NATS's port is mapped");
@@ -259,10 +297,10 @@ impl Drop for Deployment {
         if !std::thread::panicking() {
             return;
         }
-        let mut containers = vec![
-            ("nats".to_owned(), self.nats.id().to_owned()),
-            ("gateway".to_owned(), self.gateway.id().to_owned()),
-        ];
+        let mut containers = vec![("gateway".to_owned(), self.gateway.id().to_owned())];
+        for (i, nats) in self.nats.iter().enumerate() {
+            containers.push((format!("nats-{i}"), nats.id().to_owned()));
+        }
         for (i, node) in self.nodes.iter().enumerate() {
             containers.push((format!("db-{i}"), node.id().to_owned()));
         }
@@ -579,8 +617,8 @@ async fn a_restarted_nats_container_loses_no_acknowledged_write() {
     assert!(before.failures.is_empty(), "{:?}", before.failures);
 
     eprintln!("== phase: `docker stop` + `docker start` the NATS container");
-    deployment.nats.stop().await.expect("docker stop nats");
-    deployment.nats.start().await.expect("docker start nats");
+    deployment.nats[0].stop().await.expect("docker stop nats");
+    deployment.nats[0].start().await.expect("docker start nats");
 
     eprintln!("== phase: writes to every partition succeed again, no other container restarted");
     let started = Instant::now();
@@ -616,6 +654,104 @@ async fn a_restarted_nats_container_loses_no_acknowledged_write() {
     eprintln!("== phase: the cluster converges; every acknowledged write is there");
     deployment.wait_converged(Duration::from_secs(60)).await;
     assert_all_readable(&deployment, &acked).await;
+}
+
+#[tokio::test]
+async fn a_killed_nats_container_of_a_cluster_loses_no_acknowledged_write() {
+    let Some(deployment) = deploy_on_or_skip("NATS cluster", 3).await else {
+        return;
+    };
+    let view = deployment.wait_converged(Duration::from_secs(60)).await;
+    let leader = view["partitions"][0]["log"]["leader"]
+        .as_str()
+        .and_then(|name| name.strip_prefix("nats-"))
+        .and_then(|i| i.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no leader of P0's log in {view}"));
+
+    eprintln!("== phase: keyed creates while `docker kill` takes nats-{leader}, P0's log leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(create_until(
+        deployment.http.clone(),
+        deployment.base.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await; // writes before the kill
+    let killed = Instant::now();
+    let status = Command::new("docker")
+        .args(["kill", deployment.nats[leader].id()])
+        .status()
+        .expect("docker kill runs");
+    assert!(status.success(), "docker kill nats-{leader}");
+    // Writes of every partition succeed again, on the two servers left.
+    eventually(Duration::from_secs(30), || async {
+        for p in 0..3 {
+            let id = (0..)
+                .map(|_| format!("probe-{}", uuid::Uuid::new_v4().simple()))
+                .find(|id| partition_of(id, 3) == p)?;
+            let response = deployment
+                .http
+                .post(deployment.url("/api/user"))
+                .json(&user(&id, 1))
+                .send()
+                .await
+                .ok()?;
+            if response.status() != StatusCode::CREATED {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!(
+        "== measured: writes to every partition succeed {:?} after the kill",
+        killed.elapsed()
+    );
+    deployment.nats[leader]
+        .start()
+        .await
+        .expect("docker start the killed server");
+    tokio::time::sleep(Duration::from_secs(2)).await; // writes after its return
+    stop.store(true, Ordering::Relaxed);
+    let (acked, unknown) = writer.await.expect("the writer does not panic");
+    eprintln!(
+        "== phase: {} creates acknowledged, {unknown} not; the cluster converges; every \
+         acknowledged one is there",
+        acked.len()
+    );
+    assert!(acked.len() > 20, "too few writes to mean anything");
+    deployment.wait_converged(Duration::from_secs(60)).await;
+    assert_all_readable(&deployment, &acked).await;
+}
+
+/// Creates new records, each with its own Idempotency-Key, until `stop`; returns the
+/// acknowledged ones and how many got no acknowledgement (unknown: applied or not).
+async fn create_until(
+    http: reqwest::Client,
+    base: String,
+    stop: Arc<AtomicBool>,
+) -> (BTreeMap<String, Value>, usize) {
+    let (mut acked, mut unknown) = (BTreeMap::new(), 0);
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let record = user(&format!("c-{i:05}"), 2);
+        let answer = http
+            .post(format!("{base}/api/user"))
+            .header("Idempotency-Key", format!("c-{i}"))
+            .json(&record)
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status() == StatusCode::CREATED => {
+                acked.insert(record["id"].as_str().unwrap_or_default().to_owned(), record);
+            }
+            _ => {
+                unknown += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    (acked, unknown)
 }
 
 impl Writer {
