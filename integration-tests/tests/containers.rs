@@ -215,6 +215,30 @@ impl Deployment {
         deployment
     }
 
+    /// Waits (30 s at most) until a create in every partition succeeds: one probe per
+    /// partition, since each node re-subscribes on its own reconnect.
+    async fn wait_writable(&self) {
+        eventually(Duration::from_secs(30), || async {
+            for p in 0..3 {
+                let id = (0..)
+                    .map(|_| format!("probe-{}", uuid::Uuid::new_v4().simple()))
+                    .find(|id| partition_of(id, 3) == p)?;
+                let response = self
+                    .http
+                    .post(self.url("/api/user"))
+                    .json(&user(&id, 1))
+                    .send()
+                    .await
+                    .ok()?;
+                if response.status() != StatusCode::CREATED {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+
     fn node(&self, i: u32) -> &ContainerAsync<GenericImage> {
         &self.nodes[i as usize]
     }
@@ -622,26 +646,7 @@ async fn a_restarted_nats_container_loses_no_acknowledged_write() {
 
     eprintln!("== phase: writes to every partition succeed again, no other container restarted");
     let started = Instant::now();
-    eventually(Duration::from_secs(30), || async {
-        // One probe per partition: each node re-subscribes on its own reconnect.
-        for p in 0..3 {
-            let id = (0..)
-                .map(|_| format!("probe-{}", uuid::Uuid::new_v4().simple()))
-                .find(|id| partition_of(id, 3) == p)?;
-            let response = deployment
-                .http
-                .post(deployment.url("/api/user"))
-                .json(&user(&id, 1))
-                .send()
-                .await
-                .ok()?;
-            if response.status() != StatusCode::CREATED {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    deployment.wait_writable().await;
     eprintln!(
         "== measured: writes succeed {:?} after NATS started",
         started.elapsed()
@@ -683,25 +688,7 @@ async fn a_killed_nats_container_of_a_cluster_loses_no_acknowledged_write() {
         .expect("docker kill runs");
     assert!(status.success(), "docker kill nats-{leader}");
     // Writes of every partition succeed again, on the two servers left.
-    eventually(Duration::from_secs(30), || async {
-        for p in 0..3 {
-            let id = (0..)
-                .map(|_| format!("probe-{}", uuid::Uuid::new_v4().simple()))
-                .find(|id| partition_of(id, 3) == p)?;
-            let response = deployment
-                .http
-                .post(deployment.url("/api/user"))
-                .json(&user(&id, 1))
-                .send()
-                .await
-                .ok()?;
-            if response.status() != StatusCode::CREATED {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    deployment.wait_writable().await;
     eprintln!(
         "== measured: writes to every partition succeed {:?} after the kill",
         killed.elapsed()
