@@ -12,9 +12,10 @@
 //!   was applied from (the stream's creation time, be64), so that a recreated log is noticed;
 //! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
 //!
-//! Every log entry is applied as one `WriteBatch` holding all of these, so a crash never
+//! Log entries are applied in `WriteBatch`es holding all of these, so a crash never
 //! leaves a record without its index, counts or applied sequence.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -91,6 +92,18 @@ fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
         .unwrap_or(0)
 }
 
+/// How much a partition's memtable holds before it is flushed. Every write searches and
+/// inserts into the memtable skiplist a dozen times (both copies, reads and the batch), one
+/// cache miss per level: RocksDB's default of 64 MiB leaves it mostly outside the CPU caches,
+/// and skiplist search then took a fifth of all CPU under a write load (BENCHMARKS.md).
+const MEMTABLE_BYTES: usize = 4 << 20;
+
+fn partition_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
+    opts
+}
+
 impl Storage {
     /// Opens (or creates) the database at `path` with a column family for each partition.
     pub fn open(path: &Path, partitions: &[PartitionId]) -> Result<Self, StorageError> {
@@ -99,7 +112,7 @@ impl Storage {
         opts.create_missing_column_families(true);
         let cfs = partitions
             .iter()
-            .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), Options::default()));
+            .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), partition_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -237,98 +250,112 @@ impl Storage {
         Ok((items, false))
     }
 
-    /// Applies log entry `seq` to partition `p` in one batch. Entries at or below the applied
-    /// sequence are skipped, so re-applying is harmless. Returns the outcome it recorded, or
-    /// `None` when skipped. The caller serialises applies per partition.
+    /// Applies log entry `seq` to partition `p` in one batch ([`Storage::apply_all`] of one
+    /// entry). Returns the outcome it recorded, or `None` when skipped as applied already.
     pub fn apply(
         &self,
         p: PartitionId,
         seq: u64,
         entry: &LogEntry,
     ) -> Result<Option<Reply>, StorageError> {
-        if seq <= self.applied(p)? {
+        let applied = self.apply_all(p, [(seq, Some(entry))])?;
+        Ok((applied == Some(seq)).then(|| entry.outcome(seq)))
+    }
+
+    /// Applies the log entries `entries` (ascending sequences) to partition `p` in one
+    /// `WriteBatch`, so a crash keeps all of them or none; `None` in place of an entry steps
+    /// over its sequence (an entry that does not decode). Entries at or below the applied
+    /// sequence are skipped, so re-applying is harmless. Returns the new applied sequence, or
+    /// `None` when every entry was skipped. The caller serialises applies per partition.
+    ///
+    /// Only the keys an entry changes are written: an update that keeps its group touches
+    /// neither the group index nor the counts (each key written is one more memtable insert,
+    /// the largest cost of a write here).
+    pub fn apply_all<'e>(
+        &self,
+        p: PartitionId,
+        entries: impl IntoIterator<Item = (u64, Option<&'e LogEntry>)>,
+    ) -> Result<Option<u64>, StorageError> {
+        let cf = self.cf(p)?;
+        let mut applied = self.applied(p)?;
+        let mut batch = WriteBatch::default();
+        // Records as the batch leaves them, so that a later entry sees an earlier one.
+        let mut records: HashMap<String, Option<User>> = HashMap::new();
+        let mut total: i64 = 0;
+        let mut groups: HashMap<u32, i64> = HashMap::new();
+        let mut moved = false;
+        for (seq, entry) in entries {
+            if seq <= applied {
+                continue;
+            }
+            applied = seq;
+            moved = true;
+            let Some(entry) = entry else { continue };
+            let previous = match records.remove(&entry.id) {
+                Some(known) => known,
+                None => self.get(p, &entry.id)?.map(|v| v.user),
+            };
+            let old_group = previous.as_ref().map(|u| u.group);
+            let new_group = entry.record.as_ref().map(|u| u.group);
+            if old_group != new_group {
+                if let Some(g) = old_group {
+                    batch.delete_cf(cf, group_key(g, &entry.id));
+                    *groups.entry(g).or_default() -= 1;
+                }
+                if let Some(g) = new_group {
+                    batch.put_cf(cf, group_key(g, &entry.id), []);
+                    *groups.entry(g).or_default() += 1;
+                }
+            }
+            total += i64::from(new_group.is_some()) - i64::from(old_group.is_some());
+            match &entry.record {
+                Some(user) => {
+                    let stored = VersionedUser {
+                        user: user.clone(),
+                        version: seq,
+                    };
+                    batch.put_cf(cf, record_key(&user.id), serde_json::to_vec(&stored)?);
+                    // A record that existed has no tombstone.
+                    if previous.is_none() {
+                        batch.delete_cf(cf, tombstone_key(&user.id));
+                    }
+                }
+                None => {
+                    if previous.is_some() {
+                        batch.delete_cf(cf, record_key(&entry.id));
+                    }
+                    batch.put_cf(cf, tombstone_key(&entry.id), seq.to_be_bytes());
+                }
+            }
+            batch.put_cf(
+                cf,
+                request_key(&entry.request_id),
+                serde_json::to_vec(&entry.outcome(seq))?,
+            );
+            batch.put_cf(
+                cf,
+                outcome_order_key(seq),
+                outcome_order_value(&entry.request_id),
+            );
+            records.insert(entry.id.clone(), entry.record.clone());
+        }
+        if !moved {
             return Ok(None);
         }
-        let cf = self.cf(p)?;
-        let previous = self.get(p, &entry.id)?.map(|v| v.user);
-        let mut batch = WriteBatch::default();
-        // (group, change in its count): at most one -1 and one +1, which cancel when the
-        // record keeps its group.
-        let mut group_deltas: Vec<(u32, i64)> = Vec::with_capacity(2);
-        let mut total = self.read_u64(p, COUNT)?;
-        if let Some(old) = &previous {
-            batch.delete_cf(cf, group_key(old.group, &old.id));
-            group_deltas.push((old.group, -1));
-            total = total.saturating_sub(1);
-        }
-        match &entry.record {
-            Some(user) => {
-                let stored = VersionedUser {
-                    user: user.clone(),
-                    version: seq,
-                };
-                batch.put_cf(cf, record_key(&user.id), serde_json::to_vec(&stored)?);
-                batch.delete_cf(cf, tombstone_key(&user.id));
-                batch.put_cf(cf, group_key(user.group, &user.id), []);
-                match group_deltas.first_mut() {
-                    Some((g, d)) if *g == user.group => *d += 1,
-                    _ => group_deltas.push((user.group, 1)),
-                }
-                total += 1;
-            }
-            None => {
-                batch.delete_cf(cf, record_key(&entry.id));
-                batch.put_cf(cf, tombstone_key(&entry.id), seq.to_be_bytes());
-            }
-        }
-        let reply = entry.outcome(seq);
-        for (group, delta) in group_deltas.into_iter().filter(|(_, d)| *d != 0) {
+        for (group, delta) in groups.into_iter().filter(|(_, d)| *d != 0) {
             let key = group_count_key(group);
             match self.read_u64(p, &key)?.saturating_add_signed(delta) {
                 0 => batch.delete_cf(cf, key),
                 n => batch.put_cf(cf, key, n.to_be_bytes()),
             }
         }
-        batch.put_cf(cf, COUNT, total.to_be_bytes());
-        batch.put_cf(
-            cf,
-            request_key(&entry.request_id),
-            serde_json::to_vec(&reply)?,
-        );
-        batch.put_cf(
-            cf,
-            outcome_order_key(seq),
-            outcome_order_value(&entry.request_id),
-        );
-        batch.put_cf(cf, APPLIED, seq.to_be_bytes());
-        self.db.write(batch)?;
-        Ok(Some(reply))
-    }
-
-    /// Moves the applied sequence of `p` to `seq` without applying anything (a log entry that
-    /// cannot be decoded). False if `seq` was applied already.
-    pub fn skip(&self, p: PartitionId, seq: u64) -> Result<bool, StorageError> {
-        if seq <= self.applied(p)? {
-            return Ok(false);
+        if total != 0 {
+            let count = self.read_u64(p, COUNT)?.saturating_add_signed(total);
+            batch.put_cf(cf, COUNT, count.to_be_bytes());
         }
-        self.db.put_cf(self.cf(p)?, APPLIED, seq.to_be_bytes())?;
-        Ok(true)
-    }
-
-    /// Records the outcome of a request whose entry was superseded in the log before this
-    /// copy applied it, so that a retry of the request is still answered from it.
-    pub fn remember_outcome(
-        &self,
-        p: PartitionId,
-        seq: u64,
-        request_id: &str,
-        reply: &Reply,
-    ) -> Result<(), StorageError> {
-        let cf = self.cf(p)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf, request_key(request_id), serde_json::to_vec(reply)?);
-        batch.put_cf(cf, outcome_order_key(seq), outcome_order_value(request_id));
-        Ok(self.db.write(batch)?)
+        batch.put_cf(cf, APPLIED, applied.to_be_bytes());
+        self.db.write(batch)?;
+        Ok(Some(applied))
     }
 
     /// Forgets the outcomes of writes applied before `older_than` (Unix ms) or more than `keep`

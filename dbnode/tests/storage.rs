@@ -302,8 +302,12 @@ fn skipping_an_undecodable_entry_moves_only_the_applied_sequence() {
     for (seq, entry) in &history[..5] {
         storage.apply(0, *seq, entry).unwrap();
     }
-    assert!(!storage.skip(0, 5).unwrap(), "already applied");
-    assert!(storage.skip(0, 6).unwrap());
+    assert_eq!(
+        storage.apply_all(0, [(5, None)]).unwrap(),
+        None,
+        "already applied"
+    );
+    assert_eq!(storage.apply_all(0, [(6, None)]).unwrap(), Some(6));
     assert_eq!(storage.applied(0).unwrap(), 6);
     assert_eq!(
         storage.get(0, "d.x ü").unwrap(),
@@ -314,4 +318,57 @@ fn skipping_an_undecodable_entry_moves_only_the_applied_sequence() {
     // The next entry applies as usual.
     storage.apply(0, 7, &put("e", 1, "r7")).unwrap();
     assert_eq!(storage.applied(0).unwrap(), 7);
+}
+
+/// What the tailer does with a burst of entries: one batch, the same state as one by one,
+/// including a record written twice, moved between groups and deleted within the batch.
+#[test]
+fn a_batch_of_entries_leaves_the_state_entry_by_entry_application_does() {
+    let mut history = history();
+    history.extend([
+        (7, put("c", 3, "r7")), // c moves 2 → 3
+        (8, tombstone("c", "r8")),
+        (9, put("c", 1, "r9")), // re-created after its delete, in the same batch
+        (10, put("e", 4, "r10")),
+        (11, put("e", 4, "r11")), // an update that keeps its group
+    ]);
+    let (one, all) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, all) = (open(one.path()), open(all.path()));
+    for (seq, entry) in &history {
+        one.apply(0, *seq, entry).unwrap();
+    }
+    // Two batches, the second overlapping the first (a re-delivery) and with a hole.
+    let entries = |range: std::ops::Range<usize>| {
+        history[range]
+            .iter()
+            .map(|(seq, entry)| (*seq, Some(entry)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all.apply_all(0, entries(0..4)).unwrap(), Some(4));
+    assert_eq!(all.apply_all(0, entries(2..11)).unwrap(), Some(11));
+    for storage in [&one, &all] {
+        assert_eq!(storage.applied(0).unwrap(), 11);
+        assert_eq!(storage.count(0, None).unwrap(), 4, "a, c, d, e");
+        for (group, count) in [(1, 2), (2, 1), (3, 0), (4, 1)] {
+            assert_eq!(
+                storage.count(0, Some(group)).unwrap(),
+                count,
+                "group {group}"
+            );
+        }
+        assert_eq!(storage.state(0, "c").unwrap().0, 9);
+        assert_eq!(storage.state(0, "b").unwrap(), (5, None), "b's tombstone");
+        let in_group = |g| {
+            let (users, _) = storage.scan(0, None, 100, Some(g), usize::MAX).unwrap();
+            users.into_iter().map(|u| u.id).collect::<Vec<_>>()
+        };
+        assert_eq!(in_group(1), ["c", "d.x ü"]);
+        assert_eq!(in_group(2), ["a"]);
+        assert!(in_group(3).is_empty());
+        assert_eq!(in_group(4), ["e"]);
+        assert_eq!(
+            storage.outcome(0, "r8").unwrap(),
+            Some(Reply::written(None, 8))
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The tailer (DESIGN.md "Write path", steps 3, 5 and 6): the only code that applies log
-//! entries to the local copy, in log order, each in one `WriteBatch` with its sequence.
+//! entries to the local copy, in log order, each delivered burst in one `WriteBatch` with its
+//! last sequence.
 //!
 //! - **Gaps.** The log keeps one entry per record, so an entry superseded before the tailer
 //!   read it is gone: the consumer jumps over it. The entry that superseded it was appended
@@ -26,6 +27,8 @@ use crate::storage::StorageError;
 
 /// How often a tailer checks that the log is still the one it applies.
 const IDENTITY_CHECK: Duration = Duration::from_secs(2);
+/// The most log entries applied in one RocksDB write.
+const BATCH: usize = 256;
 /// How long a tailer waits before trying again when the log cannot be read.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -112,7 +115,7 @@ async fn tail(
     let p = partition.id;
     let from = partition.applied() + 1;
     let mut entries = match partition.log.tail(from).await {
-        Ok(entries) => entries,
+        Ok(entries) => entries.ready_chunks(BATCH),
         Err(e) => {
             warn!(partition = p, error = %e, "cannot tail the log; retrying");
             return Err(Retail);
@@ -150,35 +153,45 @@ async fn tail(
             }
             item = entries.next() => item,
         };
-        let message = match item {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                debug!(partition = p, error = %e, "log consumer hiccup");
-                continue;
-            }
-            None => return Err(Retail),
+        let Some(messages) = item else {
+            return Err(Retail);
         };
-        let Ok(info) = message.info() else { continue };
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        partition.lag.store(pending, Ordering::Relaxed);
-        let applied = partition.applied();
-        if seq > applied {
-            if seq > applied + 1 && !gap {
-                debug!(
-                    partition = p,
-                    applied, seq, "gap in the log; reads wait until its end"
-                );
-                gap = true;
+        // Every entry already delivered is applied in one batch: under load a consumer hands
+        // over several at once, and one RocksDB write for all of them costs little more than
+        // one for each.
+        let mut applied = partition.applied();
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    debug!(partition = p, error = %e, "log consumer hiccup");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            partition.lag.store(pending, Ordering::Relaxed);
+            if seq > applied {
+                if seq > applied + 1 && !gap {
+                    debug!(
+                        partition = p,
+                        applied, seq, "gap in the log; reads wait until its end"
+                    );
+                    gap = true;
+                }
+                batch.push((seq, decode(p, seq, &message.payload)));
+                applied = seq;
             }
-            if let Err(e) = apply(partition, seq, &message.payload) {
-                warn!(partition = p, seq, error = %e, "apply failed; re-tailing");
-                return Err(Retail);
+            // Nothing left to deliver: every entry that superseded a skipped one (appended
+            // before the skip) has been delivered and is in this batch or applied.
+            if pending == 0 {
+                gap = false;
             }
         }
-        // Nothing left to deliver: every entry that superseded a skipped one (appended before
-        // the skip) has been delivered and applied.
-        if pending == 0 {
-            gap = false;
+        if let Err(e) = apply(partition, &batch) {
+            warn!(partition = p, error = %e, "apply failed; re-tailing");
+            return Err(Retail);
         }
         settle(partition, gap);
     }
@@ -197,19 +210,19 @@ fn settle(partition: &Partition, gap: bool) {
     });
 }
 
-/// Applies entry `seq`; an entry that does not decode (nothing ringstore writes) is stepped
-/// over rather than stalling every later entry.
-fn apply(partition: &Partition, seq: u64, payload: &[u8]) -> Result<(), StorageError> {
-    let (p, storage) = (partition.id, &partition.storage);
-    let applied = match serde_json::from_slice::<LogEntry>(payload) {
-        Ok(entry) => storage.apply(p, seq, &entry)?.is_some(),
-        Err(e) => {
-            warn!(partition = p, seq, error = %e, "undecodable log entry; skipped");
-            storage.skip(p, seq)?
-        }
-    };
-    if applied {
-        partition.applied.send_replace(seq);
+/// The entry `seq` holds, or `None` for one that does not decode (nothing ringstore writes),
+/// which is stepped over rather than stalling every later entry.
+fn decode(p: protocol::PartitionId, seq: u64, payload: &[u8]) -> Option<LogEntry> {
+    serde_json::from_slice(payload)
+        .inspect_err(|e| warn!(partition = p, seq, error = %e, "undecodable log entry; skipped"))
+        .ok()
+}
+
+/// Applies `batch` (ascending sequences) in one write and publishes the new applied sequence.
+fn apply(partition: &Partition, batch: &[(u64, Option<LogEntry>)]) -> Result<(), StorageError> {
+    let entries = batch.iter().map(|(seq, entry)| (*seq, entry.as_ref()));
+    if let Some(applied) = partition.storage.apply_all(partition.id, entries)? {
+        partition.applied.send_replace(applied);
     }
     Ok(())
 }
