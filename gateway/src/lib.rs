@@ -12,6 +12,7 @@ mod error;
 mod extract;
 pub mod feed;
 pub mod idempotency;
+mod limit;
 pub mod list;
 pub mod logs;
 pub mod memory;
@@ -34,6 +35,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 pub use config::{Config, ReadFrom};
 pub use error::ApiError;
+pub use limit::App;
 pub use metrics::Metrics;
 use protocol::PartitionMap;
 pub use routes::AppState;
@@ -43,18 +45,10 @@ use tracing::{info, warn};
 use crate::nats_store::NatsStore;
 use crate::presence::PresenceTable;
 
-/// The HTTP application over `state`.
-pub fn app(state: AppState) -> Router {
-    // Beyond the limit a request is answered 503 at once rather than queued: what a client can
-    // make the gateway hold is bounded.
-    let shed = tower::ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            ApiError::Overloaded
-        }))
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            state.max_concurrent.max(1),
-        ));
+/// The HTTP application over `state`, behind the request-concurrency limit ([`App`]).
+pub fn app(state: AppState) -> App {
+    // One allocation shared by every request: axum clones the state for each extractor.
+    let state = Arc::new(state);
     // The writes, which read a body: one sent slowly would hold its slot for as long as the
     // client likes, so a write that takes longer than MAX_REQUEST_MS in all is answered 408.
     // Idempotency keys apply to writes too, once routed (an unknown method is 405, whatever
@@ -85,9 +79,6 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
-        .layer(shed)
-        // Change feeds live for hours: outside the limit of requests in progress (they have
-        // their own, MAX_CHANGE_FEEDS), and the status page with them.
         .route("/api/users/changes", get(routes::changes))
         .route("/status", get(status::page))
         .route("/status/app.js", get(status::script))
@@ -102,13 +93,15 @@ pub fn app(state: AppState) -> Router {
         )),
         None => router,
     };
-    router
+    let (max_concurrent, metrics) = (state.max_concurrent, state.metrics.clone());
+    let router = router
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
-        .with_state(state)
+        .with_state(state);
+    App::new(router, max_concurrent, metrics)
 }
 
 /// Connects to NATS, retrying in the background until a server is reachable.

@@ -8,7 +8,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use protocol::Presence;
 
@@ -27,6 +28,7 @@ pub struct Metrics {
     heartbeat_age: IntGaugeVec,
     feeds_open: IntGauge,
     feeds_ended: IntCounterVec,
+    shed: IntCounter,
 }
 
 /// One route's requests in `/api/cluster`.
@@ -113,6 +115,12 @@ impl Default for Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let shed = IntCounter::new(
+            "ringstore_http_requests_shed_total",
+            "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in progress \
+             (not counted in ringstore_http_requests_total)",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -122,6 +130,7 @@ impl Default for Metrics {
             Box::new(heartbeat_age.clone()),
             Box::new(feeds_open.clone()),
             Box::new(feeds_ended.clone()),
+            Box::new(shed.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -135,6 +144,7 @@ impl Default for Metrics {
             heartbeat_age,
             feeds_open,
             feeds_ended,
+            shed,
         }
     }
 }
@@ -156,6 +166,11 @@ impl Metrics {
     /// Counts a change feed the gateway ended.
     pub fn feed_ended(&self, reason: &str) {
         self.feeds_ended.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a request shed by the concurrency limit.
+    pub fn shed(&self) {
+        self.shed.inc();
     }
 
     /// Change feeds open now.

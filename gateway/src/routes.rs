@@ -84,7 +84,7 @@ async fn write(state: &AppState, request_id: String, kind: WriteKind) -> Result<
         Invalid, NoUser, AuthRefused, NeedsNode,
     ))]
 pub async fn get_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = state.store.get(&id).await??;
@@ -100,7 +100,7 @@ pub async fn get_user(
         Invalid, AuthRefused, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn create_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     JsonBody(body): JsonBody<NewUser>,
 ) -> Result<Response, ApiError> {
@@ -114,7 +114,7 @@ pub async fn create_user(
 }
 
 async fn update(
-    state: AppState,
+    state: Arc<AppState>,
     request_id: String,
     id: String,
     patch: UserPatch,
@@ -138,7 +138,7 @@ async fn update(
         Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn update_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody<UserUpdate>,
@@ -156,7 +156,7 @@ pub async fn update_user(
         Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn patch_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
     RequestId(request_id): RequestId,
     IfMatch(if_match): IfMatch,
@@ -178,7 +178,7 @@ pub async fn patch_user(
         Invalid, NoUser, AuthRefused, PreconditionFailed, BodyRefused, WriteRefused, NeedsNode,
     ))]
 pub async fn put_user(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     id: IdPath,
     request_id: RequestId,
     if_match: IfMatch,
@@ -194,7 +194,7 @@ pub async fn put_user(
         Invalid, NoUser, AuthRefused, PreconditionFailed, WriteRefused, NeedsNode,
     ))]
 pub async fn delete_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
     RequestId(request_id): RequestId,
     IfMatch(if_match): IfMatch,
@@ -216,7 +216,7 @@ pub async fn health() -> &'static str {
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
         (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+pub async fn ready(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     if state.store.ready().await {
         Ok("ready")
     } else {
@@ -229,7 +229,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(("api_key" = [])),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), AuthRefused))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     state.metrics.observe_presence(&state.presence.snapshot());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -248,7 +248,7 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 /// its role, applied log sequence and replication lag.
 #[utoipa::path(get, path = "/api/cluster", tag = "operations", security(("api_key" = [])),
     responses((status = 200, description = "Every dbnode heard from", body = ClusterView), AuthRefused))]
-pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterView> {
     let nodes = state
         .presence
         .snapshot()
@@ -290,7 +290,7 @@ pub async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
 #[utoipa::path(get, path = "/api/users", tag = "users", security(("api_key" = [])), params(ListParams),
     responses((status = 200, description = "A page", body = Page), Invalid, AuthRefused, NeedsNode))]
 pub async fn list_users(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Page>, ApiError> {
     let limit = params.limit();
@@ -306,7 +306,7 @@ pub async fn list_users(
 #[utoipa::path(get, path = "/api/users/count", tag = "users", security(("api_key" = [])), params(CountParams),
     responses((status = 200, description = "The count", body = Count), Invalid, AuthRefused, NeedsNode))]
 pub async fn count_users(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<CountParams>,
 ) -> Result<Json<Count>, ApiError> {
     Ok(Json(Count {
@@ -331,7 +331,7 @@ pub async fn count_users(
         Invalid, AuthRefused, NeedsNode,
     ))]
 pub async fn changes(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<ChangeParams>,
     LastEventId(last): LastEventId,
 ) -> Result<Response, ApiError> {

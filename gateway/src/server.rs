@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -42,7 +41,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 /// drains. A TLS handshake gets `header_timeout`, like the headers that follow it.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::App,
     header_timeout: Duration,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,

@@ -21,7 +21,7 @@ const MAX_CONCURRENT: usize = 4;
 struct Api {
     store: Arc<MemoryStore>,
     keys: Arc<MemoryKeys>,
-    router: axum::Router,
+    router: gateway::App,
 }
 
 impl Api {

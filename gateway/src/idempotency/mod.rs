@@ -12,6 +12,7 @@
 //! at most once. The log-level request ids that make the gateway's own retries exactly-once
 //! are a separate mechanism ([`crate::extract::RequestId`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
@@ -163,7 +164,11 @@ pub fn generated_id(request_id: &str) -> String {
 
 /// Middleware on the write routes: answers, refuses or performs a request that carries an
 /// `Idempotency-Key`, and stores the response of one it performed.
-pub async fn idempotent(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn idempotent(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(key) = request.headers().get("idempotency-key") else {
         return next.run(request).await;
     };
