@@ -93,14 +93,22 @@ fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
 }
 
 /// How much a partition's memtable holds before it is flushed. Every write searches and
-/// inserts into the memtable skiplist a dozen times (both copies, reads and the batch), one
-/// cache miss per level: RocksDB's default of 64 MiB leaves it mostly outside the CPU caches,
-/// and skiplist search then took a fifth of all CPU under a write load (BENCHMARKS.md).
+/// inserts into the memtable skiplist several times on each copy, one cache miss per level:
+/// with RocksDB's default of 64 MiB the skiplist sits outside the CPU caches, and its search
+/// took a fifth of all CPU under a write load (BENCHMARKS.md, round 2 session 4).
 const MEMTABLE_BYTES: usize = 4 << 20;
 
+/// A partition's column family: small memtables (above); Bloom filters, so that the point
+/// reads every write makes of keys that do not exist (a new id, a request id seen for the
+/// first time) skip the files that cannot hold them; and L0 compacted at two files instead of
+/// four, since smaller memtables flush more files and a LIST page's iterator merges them all.
 fn partition_options() -> Options {
     let mut opts = Options::default();
     opts.set_write_buffer_size(MEMTABLE_BYTES);
+    opts.set_level_zero_file_num_compaction_trigger(2);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
     opts
 }
 
