@@ -92,20 +92,14 @@ fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
         .unwrap_or(0)
 }
 
-/// How much a partition's memtable holds before it is flushed. Every write searches and
-/// inserts into the memtable skiplist several times on each copy, one cache miss per level:
-/// with RocksDB's default of 64 MiB the skiplist sits outside the CPU caches, and its search
-/// took a fifth of all CPU under a write load (BENCHMARKS.md, round 2 session 4).
-const MEMTABLE_BYTES: usize = 4 << 20;
-
-/// A partition's column family: small memtables (above); Bloom filters, so that the point
-/// reads every write makes of keys that do not exist (a new id, a request id seen for the
-/// first time) skip the files that cannot hold them; and L0 compacted at two files instead of
-/// four, since smaller memtables flush more files and a LIST page's iterator merges them all.
+/// A partition's column family: Bloom filters, so that the point reads every write makes of
+/// keys that do not exist (a new id, a request id seen for the first time) skip the files
+/// that cannot hold them. Smaller memtables (4 and 16 MiB instead of 64) took memtable search
+/// from 11 % to 7 % of all CPU under writes, but did not raise write throughput beyond the
+/// noise and cost LIST 5–8 % (more files for its iterator to merge): not taken
+/// (BENCHMARKS.md, round 2 session 4).
 fn partition_options() -> Options {
     let mut opts = Options::default();
-    opts.set_write_buffer_size(MEMTABLE_BYTES);
-    opts.set_level_zero_file_num_compaction_trigger(2);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
