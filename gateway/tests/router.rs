@@ -723,11 +723,18 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_503() {
         assert_problem(*status, response, body, 503);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
-    // Once they are done, requests are served again.
+    // Once they are done, requests are served again, and the refusals were counted.
     api.store.delay_reads(None);
     assert_eq!(
         api.call(Method::GET, "/api/user/x").await.0,
         StatusCode::NOT_FOUND
+    );
+    let (_, _, text) = api.call(Method::GET, "/metrics").await;
+    let text = text.as_str().unwrap();
+    let shed_total = format!("ringstore_http_requests_shed_total {}", 2 * MAX_CONCURRENT);
+    assert!(
+        text.contains(&shed_total),
+        "{shed_total} missing from:\n{text}"
     );
 }
 
