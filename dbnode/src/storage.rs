@@ -281,8 +281,9 @@ impl Storage {
         let cf = self.cf(p)?;
         let mut applied = self.applied(p)?;
         let mut batch = WriteBatch::default();
-        // Records as the batch leaves them, so that a later entry sees an earlier one.
-        let mut records: HashMap<String, Option<User>> = HashMap::new();
+        // The group of each record as the batch leaves it (`None`: absent), so that a later
+        // entry sees an earlier one.
+        let mut records: HashMap<&str, Option<u32>> = HashMap::new();
         let mut total: i64 = 0;
         let mut groups: HashMap<u32, i64> = HashMap::new();
         let mut moved = false;
@@ -293,11 +294,10 @@ impl Storage {
             applied = seq;
             moved = true;
             let Some(entry) = entry else { continue };
-            let previous = match records.remove(&entry.id) {
-                Some(known) => known,
-                None => self.get(p, &entry.id)?.map(|v| v.user),
+            let old_group = match records.get(entry.id.as_str()) {
+                Some(&group) => group,
+                None => self.get(p, &entry.id)?.map(|v| v.user.group),
             };
-            let old_group = previous.as_ref().map(|u| u.group);
             let new_group = entry.record.as_ref().map(|u| u.group);
             if old_group != new_group {
                 if let Some(g) = old_group {
@@ -318,12 +318,12 @@ impl Storage {
                     };
                     batch.put_cf(cf, record_key(&user.id), serde_json::to_vec(&stored)?);
                     // A record that existed has no tombstone.
-                    if previous.is_none() {
+                    if old_group.is_none() {
                         batch.delete_cf(cf, tombstone_key(&user.id));
                     }
                 }
                 None => {
-                    if previous.is_some() {
+                    if old_group.is_some() {
                         batch.delete_cf(cf, record_key(&entry.id));
                     }
                     batch.put_cf(cf, tombstone_key(&entry.id), seq.to_be_bytes());
@@ -339,7 +339,7 @@ impl Storage {
                 outcome_order_key(seq),
                 outcome_order_value(&entry.request_id),
             );
-            records.insert(entry.id.clone(), entry.record.clone());
+            records.insert(&entry.id, new_group);
         }
         if !moved {
             return Ok(None);

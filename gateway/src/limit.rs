@@ -3,7 +3,7 @@
 //!
 //! It wraps the whole router once instead of being a router layer: axum clones a route's
 //! layered service for every request, and tower's `load_shed` + concurrency limit as a layer
-//! cost some 8 % of the gateway's CPU per GET (BENCHMARKS.md, round 2 session 4). A request
+//! cost about 1 µs (4 %) of the gateway's CPU per GET (BENCHMARKS.md, round 2 session 4). A request
 //! holds its permit until its response head is ready; a change feed's body streams on
 //! without one (`MAX_CHANGE_FEEDS` bounds those).
 

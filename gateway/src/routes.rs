@@ -25,7 +25,6 @@ use crate::presence::PresenceTable;
 use crate::store::Store;
 
 /// What every handler shares.
-#[derive(Clone)]
 pub struct AppState {
     /// Where records live.
     pub store: Arc<dyn Store>,
