@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use integration_tests::{client, eventually, Cluster};
 use protocol::partition::partition_of;
-use protocol::subjects;
+use protocol::{subjects, Role};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -272,6 +272,69 @@ async fn verify(cluster: &Cluster, acks: &[Ack], after: &str) {
     );
 }
 
+/// When the first P0 write sent after a fault was read back, counted from its
+/// acknowledgement: through the gateway, and from each copy of P0 asked directly.
+struct ReadBack {
+    gateway: Duration,
+    primary: Duration,
+    replica: Duration,
+}
+
+/// Watches, from `since` on, for the first P0 write sent after `since` to be acknowledged, and
+/// then reads it back until it is there: through the gateway (until then only 503, "this copy
+/// is behind", is acceptable) and from each copy of P0 directly (which answers 404 until it
+/// has applied the write).
+async fn read_back_after(
+    cluster: &Cluster,
+    load: &Load,
+    since: Instant,
+) -> tokio::task::JoinHandle<ReadBack> {
+    let http = client(Some(&cluster.api_key().key));
+    let base = cluster.url("");
+    let acks = load.acks.clone();
+    let primary = cluster.copy(0, Role::Primary).await;
+    let replica = cluster.copy(0, Role::Replica).await;
+    tokio::spawn(async move {
+        let first = eventually(Duration::from_secs(60), || async {
+            let acks = acks.lock().unwrap();
+            acks.iter()
+                .filter(|a| a.partition == 0 && a.sent > since)
+                .min_by_key(|a| a.answered)
+                .cloned()
+        })
+        .await;
+        let url = format!("{base}{}", integration_tests::user_path(&first.id));
+        let through_gateway = eventually(Duration::from_secs(30), || async {
+            let response = http.get(&url).send().await.ok()?;
+            let status = response.status();
+            assert!(
+                status == 200 || status == 503,
+                "{} (P0 v{}) read back as {status}",
+                first.id,
+                first.version
+            );
+            (status == 200).then(Instant::now)
+        });
+        let from_copy = |copy: integration_tests::CopyReader| {
+            let id = first.id.clone();
+            async move {
+                eventually(Duration::from_secs(30), || async {
+                    copy.get(&id).await.is_ok().then(Instant::now)
+                })
+                .await
+            }
+        };
+        let (gateway, primary, replica) =
+            tokio::join!(through_gateway, from_copy(primary), from_copy(replica));
+        let after = |at: Instant| at.saturating_duration_since(first.answered);
+        ReadBack {
+            gateway: after(gateway),
+            primary: after(primary),
+            replica: after(replica),
+        }
+    })
+}
+
 /// Waits until acknowledgements of every partition keep coming again.
 async fn steady(load: &Load) {
     load.resumed_after(Instant::now()).await;
@@ -292,6 +355,7 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
     let killed = Instant::now();
     let killed_wall = std::time::SystemTime::now();
     cluster.nats_server(victim).kill();
+    let read_back = read_back_after(&cluster, &load, killed).await;
     // When the new leader took over, by the servers' own clock (the same host's).
     let elected: std::time::SystemTime = eventually(Duration::from_secs(30), || async {
         let mut stream = js.get_stream(subjects::stream_name(0)).await.ok()?;
@@ -316,6 +380,23 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
         p0.saturating_sub(election) <= Duration::from_secs(2),
         "P0 writes resumed {:?} after its new leader was elected",
         p0.saturating_sub(election)
+    );
+    let lag = read_back.await.expect("the read-back watcher");
+    eprintln!(
+        "MEASURED leader kill: P0's first write acknowledged after the kill read back {:.2} s \
+         after its acknowledgement through the gateway; held by P0's primary after {:.2} s, by \
+         its replica after {:.2} s",
+        lag.gateway.as_secs_f64(),
+        lag.primary.as_secs_f64(),
+        lag.replica.as_secs_f64(),
+    );
+    let slowest = lag.gateway.max(lag.primary).max(lag.replica);
+    assert!(
+        // The copies' log consumers may have lived on the killed server; one that waits for
+        // its own missed-heartbeat timeout leaves its copy behind for 5 s and more.
+        slowest <= Duration::from_secs(3),
+        "an acknowledged P0 write was missing from a copy for {slowest:?}: the copies did \
+         not resume tailing"
     );
     cluster.nats_server(victim).restart().await;
     let leaders = healthy(&js).await;

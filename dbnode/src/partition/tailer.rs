@@ -11,6 +11,11 @@
 //!   time). A log that is not the one it knew — recreated, or shorter than what the copy has
 //!   applied (a NATS host that lost its unsynced tail) — makes the copy start over from the
 //!   log, instead of wedging on sequences that never come or dropping new entries as applied.
+//! - **A silent consumer.** JetStream's ordered consumer of an R3 log lives on the log's
+//!   leader; when that server dies, the client notices only after missing its heartbeats for
+//!   5 s and more, and until then the copy answers reads of new writes `behind`. The identity
+//!   check also reads the log's end: a log that holds entries past the copy while the consumer
+//!   has delivered nothing for [`STALL`] makes the tailer start a new consumer at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,8 +30,12 @@ use super::Partition;
 use crate::log::LogState;
 use crate::storage::StorageError;
 
-/// How often a tailer checks that the log is still the one it applies.
-const IDENTITY_CHECK: Duration = Duration::from_secs(2);
+/// How often a tailer checks that the log is still the one it applies, and that its consumer
+/// is not silent while the log has moved on.
+const IDENTITY_CHECK: Duration = Duration::from_secs(1);
+/// How long a consumer may deliver nothing while the log holds entries past the copy before
+/// the tailer replaces it.
+const STALL: Duration = Duration::from_secs(1);
 /// The most log entries applied in one RocksDB write.
 const BATCH: usize = 256;
 /// How long a tailer waits before trying again when the log cannot be read.
@@ -41,7 +50,7 @@ pub(super) async fn run(partition: Arc<Partition>, shutdown: CancellationToken) 
                 _ = tokio::time::sleep(RETRY) => continue,
             }
         };
-        if tail(&partition, state, &shutdown).await.is_err() {
+        if let Err(Retail::AfterPause) = tail(&partition, state, &shutdown).await {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RETRY) => {}
@@ -102,8 +111,13 @@ fn reset(partition: &Partition, epoch: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Why a tail session ended early.
-struct Retail;
+/// How the tailer starts again after a tail session ended early.
+enum Retail {
+    /// After [`RETRY`]: the log could not be read or changed.
+    AfterPause,
+    /// At once: the consumer fell silent while the log moved on.
+    AtOnce,
+}
 
 /// One consumer session, from the applied sequence on, until an error, a changed log or
 /// `shutdown`.
@@ -118,7 +132,7 @@ async fn tail(
         Ok(entries) => entries.ready_chunks(BATCH),
         Err(e) => {
             warn!(partition = p, error = %e, "cannot tail the log; retrying");
-            return Err(Retail);
+            return Err(Retail::AfterPause);
         }
     };
     debug!(partition = p, from, "tailing the log");
@@ -133,6 +147,7 @@ async fn tail(
     // stream or meta leader is being re-elected, reading the log's state can take the whole
     // log timeout while entries keep arriving.
     let mut checking = None;
+    let mut delivered = tokio::time::Instant::now();
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -143,10 +158,21 @@ async fn tail(
             checked = async { checking.as_mut().expect("guarded").await }, if checking.is_some() => {
                 checking = None;
                 match checked {
-                    Some((now, false)) if now.epoch == state.epoch => continue,
+                    Some((now, false)) if now.epoch == state.epoch => {
+                        if now.last > partition.applied() && delivered.elapsed() >= STALL {
+                            info!(
+                                partition = p,
+                                applied = partition.applied(),
+                                log_end = now.last,
+                                "the log consumer is silent while the log moves on; re-tailing"
+                            );
+                            return Err(Retail::AtOnce);
+                        }
+                        continue;
+                    }
                     Some(_) => {
                         info!(partition = p, "re-tailing a changed log");
-                        return Err(Retail);
+                        return Err(Retail::AfterPause);
                     }
                     None => continue,
                 }
@@ -154,8 +180,9 @@ async fn tail(
             item = entries.next() => item,
         };
         let Some(messages) = item else {
-            return Err(Retail);
+            return Err(Retail::AfterPause);
         };
+        delivered = tokio::time::Instant::now();
         // Every entry already delivered is applied in one batch: under load a consumer hands
         // over several at once, and one RocksDB write for all of them costs little more than
         // one for each.
@@ -191,7 +218,7 @@ async fn tail(
         }
         if let Err(e) = apply(partition, &batch) {
             warn!(partition = p, error = %e, "apply failed; re-tailing");
-            return Err(Retail);
+            return Err(Retail::AfterPause);
         }
         settle(partition, gap);
     }
