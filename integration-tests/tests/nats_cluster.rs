@@ -455,8 +455,10 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
             after.as_secs_f64()
         );
         // A paused leader is a lost one: its stream waits for an election (4-9 s). Otherwise
-        // only clients of the paused server wait, until they leave it (~3 s).
-        let limit = if led { PAUSE } else { Duration::from_secs(5) };
+        // only clients of the paused server wait, until they leave it (~3 s), and then the
+        // request they had in flight times out and is retried: 1.0-4.3 s measured, once 6.1 s
+        // in a CI run (bound was 5 s).
+        let limit = if led { PAUSE } else { Duration::from_secs(8) };
         assert!(after < limit, "P{p} waited {after:?} during the pause");
     }
     tokio::time::sleep(PAUSE.saturating_sub(paused.elapsed())).await; // the drill's length
