@@ -159,16 +159,17 @@ async fn tail(
                 checking = None;
                 match checked {
                     Some((now, false)) if now.epoch == state.epoch => {
-                        if now.last > partition.applied() && delivered.elapsed() >= STALL {
-                            info!(
-                                partition = p,
-                                applied = partition.applied(),
-                                log_end = now.last,
-                                "the log consumer is silent while the log moves on; re-tailing"
-                            );
-                            return Err(Retail::AtOnce);
+                        let applied = partition.applied();
+                        if now.last <= applied || delivered.elapsed() < STALL {
+                            continue;
                         }
-                        continue;
+                        info!(
+                            partition = p,
+                            applied,
+                            log_end = now.last,
+                            "the log consumer is silent while the log moves on; re-tailing"
+                        );
+                        return Err(Retail::AtOnce);
                     }
                     Some(_) => {
                         info!(partition = p, "re-tailing a changed log");
