@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, ServerAddr};
 
+/// How long a client waits for a server to complete the handshake. A server answers a new
+/// connection at once with its INFO; one that accepts and says nothing is paused or stalled
+/// (the kernel completes TCP handshakes for a SIGSTOPped process), and a reconnecting client
+/// that waited on it for the library's 5 s would leave writes stalled for the lost pings' 3 s
+/// and then those 5 s more.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How to reach and log in to NATS.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsConfig {
@@ -60,14 +67,16 @@ impl NatsConfig {
     }
 
     /// Client options: the connection `name`, credentials and private inbox, TLS, a ping
-    /// every second (a dead or paused server is left within about 3 s), reconnecting forever.
+    /// every second (a dead or paused server is left within about 3 s), a handshake bounded
+    /// by [`CONNECT_TIMEOUT`], reconnecting forever.
     pub fn options(&self, name: impl ToString) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
             // A server that stops answering (paused, a stalled host, a cut link) is left for
             // another of NATS_URL's after three unanswered pings: about 3 s.
-            .ping_interval(Duration::from_secs(1));
+            .ping_interval(Duration::from_secs(1))
+            .connection_timeout(CONNECT_TIMEOUT);
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options
                 .user_and_password(user.clone(), password.clone())
@@ -114,6 +123,23 @@ mod tests {
     fn the_arguments_are_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// A paused server still completes TCP handshakes (the kernel accepts) but never sends
+    /// its INFO; a client reconnecting must not wait on it for longer than a lost ping does.
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_handshake_is_left_within_the_connect_timeout() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("nats://{}", silent.local_addr().unwrap());
+        let cli = Cli::parse_from(["x", "--nats-url", &url]);
+        let started = std::time::Instant::now();
+        let options = cli.nats.options("test").max_reconnects(1);
+        assert!(cli.nats.connect(options).await.is_err());
+        let waited = started.elapsed();
+        assert!(
+            waited < CONNECT_TIMEOUT * 2,
+            "waited {waited:?} on a server that never answered"
+        );
     }
 
     #[test]
