@@ -224,7 +224,10 @@ impl PartitionLog {
         })
     }
 
-    /// The stream's identity and last sequence.
+    /// The stream's identity and last sequence, as the log's leader knows them. On a cluster
+    /// a copy of the log that sees no leader (its server restarted or resumed from a pause and
+    /// has not heard from the leader yet) answers too, from its own copy, which may be far
+    /// behind the log; such an answer names no leader and is refused here.
     pub async fn state(&self) -> Result<LogState, LogError> {
         let stream = self
             .js
@@ -232,6 +235,13 @@ impl PartitionLog {
             .await
             .map_err(unavailable)?;
         let info = stream.cached_info();
+        if let Some(cluster) = &info.cluster {
+            if cluster.leader.as_deref().unwrap_or_default().is_empty() {
+                return Err(LogError(
+                    "the log has no leader; the state a copy of it reported may be stale".into(),
+                ));
+            }
+        }
         Ok(LogState {
             epoch: info.created.unix_timestamp_nanos().max(0) as u64,
             last: info.state.last_sequence,

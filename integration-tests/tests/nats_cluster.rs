@@ -492,4 +492,25 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
         acks.len()
     );
     verify(&cluster, &acks, "drill 4").await;
+    no_copy_was_rebuilt(&cluster);
+}
+
+/// No log was ever recreated here, so a copy that started over from the log did it on a
+/// wrong reading of the log's state: a server that sees no leader (restarted, or just resumed)
+/// answers the log's info from its own stale copy. A rebuild costs a full replay of the log,
+/// with the copy unreadable meanwhile.
+fn no_copy_was_rebuilt(cluster: &Cluster) {
+    for node in 0..3 {
+        let path = cluster.logs_dir().join(format!("db-{node}.log"));
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let rebuilds: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("the log is not the one this copy was applied from"))
+            .collect();
+        assert!(
+            rebuilds.is_empty(),
+            "db-{node} rebuilt a copy from an unchanged log:\n{}",
+            rebuilds.join("\n")
+        );
+    }
 }
