@@ -17,6 +17,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A server's place in a NATS cluster: its name, its route port, and its peers' route ports.
 #[derive(Debug, Clone)]
 pub struct Routes {
+    /// `--cluster_name`: the cluster's name.
+    pub cluster: String,
     /// `-n`: the server's name (JetStream's Raft groups name their members by it).
     pub name: String,
     /// `--cluster`: where it listens for routes.
@@ -66,14 +68,18 @@ impl Nats {
     }
 
     /// `n` servers as one NATS cluster (routes between all of them, JetStream clustered, the
-    /// cluster named `ringstore`, servers `nats-0`..), each with `nats.conf` and `auth` and
+    /// cluster named `ringstore-{port}`, servers `nats-0`..), each with `nats.conf` and `auth` and
     /// its own store under `dir/nats-i/js`. Returns once every server accepts connections
     /// (JetStream elects its meta leader soon after; creating a stream waits for it).
     pub async fn start_cluster(dir: &Path, logs: &Path, n: usize, auth: NatsAuth) -> Vec<Nats> {
         let ports: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
+        // A name of its own: tests run side by side, and a server that routes to a port another
+        // test's server has taken since must be refused, not merged into this cluster.
+        let cluster = format!("ringstore-{}", ports[0]);
         let mut servers = Vec::with_capacity(n);
         for (i, &port) in ports.iter().enumerate() {
             let routes = Routes {
+                cluster: cluster.clone(),
                 name: format!("nats-{i}"),
                 port,
                 peers: ports.iter().copied().filter(|&p| p != port).collect(),
@@ -145,7 +151,7 @@ impl Nats {
                 .arg("-n")
                 .arg(&routes.name)
                 .arg("--cluster_name")
-                .arg("ringstore")
+                .arg(&routes.cluster)
                 .arg("--cluster")
                 .arg(format!("nats://127.0.0.1:{}", routes.port))
                 .arg("--routes")
