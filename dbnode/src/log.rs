@@ -73,6 +73,11 @@ pub trait Log: Send + Sync + 'static {
     /// Whether the log took an entry for `entry`'s request id within its duplicate window, and
     /// at which sequence, without storing anything.
     fn find_request(&self, entry: &LogEntry) -> BoxFuture<'static, Result<Option<u64>, LogError>>;
+
+    /// Confirms through the log's consensus that the latest entry of record `id` is at
+    /// `expected` (0: it has none), by appending a check marker on that condition: true if it
+    /// is, false if the record has another latest entry.
+    fn verify(&self, id: &str, expected: u64) -> BoxFuture<'static, Result<bool, LogError>>;
 }
 
 /// Handle on one partition's stream.
@@ -201,7 +206,15 @@ impl PartitionLog {
         id: &str,
         message: PublishMessage,
     ) -> BoxFuture<'static, Result<Appended, AppendError>> {
-        let subject = subjects::log_subject(self.partition, id);
+        self.publish_to(subjects::log_subject(self.partition, id), message)
+    }
+
+    /// Sends `message` on `subject` of the log and waits for the log's answer.
+    fn publish_to(
+        &self,
+        subject: String,
+        message: PublishMessage,
+    ) -> BoxFuture<'static, Result<Appended, AppendError>> {
         let js = self.js.clone();
         Box::pin(async move {
             let pending = js
@@ -377,6 +390,26 @@ impl Log for PartitionLog {
                 Err(AppendError::Conflict) => Ok(None),
                 Err(AppendError::Unavailable(e)) => Err(LogError(e)),
                 Ok(Appended::Stored(seq)) => Err(LogError(format!("probe stored at {seq}"))),
+            }
+        })
+    }
+
+    /// The marker goes to [`subjects::check_subject`] with
+    /// `Nats-Expected-Last-Subject-Sequence-Subject` naming the record's subject, which the
+    /// log's leader checks before proposing it, as it checks an entry's own subject.
+    fn verify(&self, id: &str, expected: u64) -> BoxFuture<'static, Result<bool, LogError>> {
+        let message = PublishMessage::build()
+            .expected_last_subject_sequence(expected)
+            .header(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                subjects::log_subject(self.partition, id),
+            );
+        let marker = self.publish_to(subjects::check_subject(self.partition), message);
+        Box::pin(async move {
+            match marker.await {
+                Ok(_) => Ok(true),
+                Err(AppendError::Conflict) => Ok(false),
+                Err(AppendError::Unavailable(e)) => Err(LogError(e)),
             }
         })
     }

@@ -100,6 +100,15 @@ pub fn log_subject(p: PartitionId, id: &str) -> String {
     format!("ringstore.log.{p}.{}", hex::encode(id))
 }
 
+/// `ringstore.log.{p}.check`: where a writer appends a *check marker*, conditional on a record's
+/// latest entry, before it refuses a write on that entry: the condition is then verified by
+/// the log's consensus, as a commit's is, and not by a read that a replaced log leader may
+/// still answer from its old copy. `check` is no record's subject (those are lower-case hex);
+/// the stream keeps only the newest marker; markers have an empty payload, which no entry has.
+pub fn check_subject(p: PartitionId) -> String {
+    format!("ringstore.log.{p}.check")
+}
+
 /// Name of the NATS service every dbnode registers (`nats micro ls`).
 pub const SERVICE_NAME: &str = "ringstore-dbnode";
 

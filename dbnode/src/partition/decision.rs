@@ -1,7 +1,8 @@
 //! How one write is decided (DESIGN.md "Write path", steps 2, 4 and 7), free of the writer
 //! task's bookkeeping: decide on the record's latest known state, append conditional on that
 //! state being the record's latest log entry, and on a conflict read the latest entry from the
-//! log and decide again — until the write commits, is refused on a state the log confirms, or
+//! log and decide again — until the write commits, is refused on a state the log confirms
+//! (a check marker appended on the condition that the state is still the record's latest), or
 //! its deadline passes. A request the log already holds is answered, never applied again.
 
 use protocol::decide::decide;
@@ -152,6 +153,25 @@ pub(super) async fn resolve<L: Log + ?Sized>(
                     }
                     Ok(None) => {}
                     Err(e) => return (unavailable(e.0), Learned::Latest(base)),
+                }
+                // The read may have come from a log leader that was replaced and does not know
+                // it yet (paused, say): confirm the state by the log's consensus, as a commit is.
+                match log.verify(id, base.seq).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        debug!(
+                            partition,
+                            id,
+                            read = base.seq,
+                            "a stale read; deciding again"
+                        );
+                        match latest(log, id).await {
+                            Ok(known) => base = known,
+                            Err(e) => return (unavailable(e.0), Learned::Unknown),
+                        }
+                        continue;
+                    }
+                    Err(e) => return (unavailable(e.0), Learned::Unknown),
                 }
                 let seen = base.seq;
                 return (Response::new(Err(refusal), seen), Learned::Latest(base));

@@ -27,6 +27,8 @@ struct MemoryState {
     /// Request id → sequence (the duplicate window).
     seen: HashMap<String, u64>,
     conflicts: usize,
+    /// Answers `latest` gives once before the true one: a deposed leader's stale copy.
+    stale: HashMap<String, Latest>,
 }
 
 impl MemoryLog {
@@ -75,7 +77,11 @@ impl Log for MemoryLog {
     }
 
     fn latest(&self, id: &str) -> BoxFuture<'static, Result<Latest, LogError>> {
-        let found = self.state.lock().unwrap().latest.get(id).cloned();
+        let mut s = self.state.lock().unwrap();
+        let found = match s.stale.remove(id) {
+            Some(stale) => stale,
+            None => s.latest.get(id).cloned(),
+        };
         Box::pin(async move { Ok(found) })
     }
 
@@ -88,6 +94,19 @@ impl Log for MemoryLog {
             .get(&entry.request_id)
             .copied();
         Box::pin(async move { Ok(found) })
+    }
+
+    /// A marker takes a sequence, as on JetStream.
+    fn verify(&self, id: &str, expected: u64) -> BoxFuture<'static, Result<bool, LogError>> {
+        let mut s = self.state.lock().unwrap();
+        let current = s.latest.get(id).map_or(0, |(seq, _)| *seq);
+        let holds = current == expected;
+        if holds {
+            s.last += 1;
+        } else {
+            s.conflicts += 1;
+        }
+        Box::pin(async move { Ok(holds) })
     }
 }
 
@@ -180,10 +199,10 @@ async fn a_decision_on_a_stale_copy_never_commits_it_is_made_again_on_the_log() 
         "refused against the log's version, not the copy's"
     );
     assert_eq!(stale.seen, 2);
-    assert_eq!(s.log.last(), 2, "nothing appended");
+    assert_eq!(s.log.last(), 3, "only the check marker appended");
 
     let blind = s.writer.write(request("w2", rename("a", "y", None))).await;
-    assert_eq!(name_of(blind.answer.as_ref().unwrap()), ("y", 3));
+    assert_eq!(name_of(blind.answer.as_ref().unwrap()), ("y", 4));
 }
 
 #[tokio::test]
@@ -206,8 +225,25 @@ async fn a_refusal_is_given_only_on_the_records_latest_entry() {
     let update = s.writer.write(request("w2", rename("a", "z", None))).await;
     assert_eq!(
         name_of(update.answer.as_ref().unwrap()),
+        ("z", 3),
+        "not a 404 (the refusal's check marker took 2)"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_not_given_on_a_stale_read_of_the_log() {
+    // A log leader that was paused and replaced answers, until it learns so, from its old copy:
+    // here, that "a" does not exist, as this copy believes too. The log has it.
+    let log = MemoryLog::default();
+    log.put(entry("a", Some("there"), "r1"));
+    log.state.lock().unwrap().stale.insert("a".into(), None);
+    let s = setup(log, &[]);
+
+    let update = s.writer.write(request("w1", rename("a", "z", None))).await;
+    assert_eq!(
+        name_of(update.answer.as_ref().unwrap()),
         ("z", 2),
-        "not a 404"
+        "a 404 here would deny a record the log holds"
     );
 }
 
