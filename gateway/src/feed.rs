@@ -126,8 +126,8 @@ fn start(since: Since, here: &Position) -> Position {
 /// The change a log entry made, if it passes the `group` filter: an upsert in the group, a
 /// change of a record that was in it, or a delete whose group is not known.
 fn change(payload: &[u8], version: u64, group: Option<u32>) -> Option<Change> {
-    if payload.is_empty() {
-        return None; // a writer's check marker (protocol::subjects::check_subject): no change
+    if subjects::is_check_marker(payload) {
+        return None;
     }
     let entry: LogEntry = match serde_json::from_slice(payload) {
         Ok(entry) => entry,

@@ -246,24 +246,26 @@ impl Cluster {
 
     /// Prints the last 40 lines of every log file of the cluster to stderr.
     pub fn dump_logs(&self) {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(self.logs_dir()) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(e) => {
-                eprintln!("(no logs in {}: {e})", self.logs_dir().display());
-                return;
-            }
-        };
-        files.sort();
-        for file in files {
-            let name = file.file_name().unwrap_or_default().to_string_lossy();
-            eprintln!("---------- last {DUMP_LINES} lines of {name} ----------");
-            eprintln!("{}", tail(&file, DUMP_LINES));
-        }
-        eprintln!(
-            "---------- end of logs ({}) ----------",
-            self.logs_dir().display()
-        );
+        dump_logs(&self.logs_dir());
     }
+}
+
+/// Prints the last 40 lines of every log file in `dir` to stderr.
+pub(crate) fn dump_logs(dir: &Path) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            eprintln!("(no logs in {}: {e})", dir.display());
+            return;
+        }
+    };
+    files.sort();
+    for file in files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!("---------- last {DUMP_LINES} lines of {name} ----------");
+        eprintln!("{}", tail(&file, DUMP_LINES));
+    }
+    eprintln!("---------- end of logs ({}) ----------", dir.display());
 }
 
 impl Drop for Cluster {

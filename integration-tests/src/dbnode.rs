@@ -5,7 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::auth::NatsUser;
-use crate::process::{tail, Proc};
+use crate::process::Proc;
 
 /// How long a dbnode may take to shut down gracefully after SIGTERM.
 pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -149,8 +149,9 @@ impl DbNode {
 /// Runs `dbnode --provision` as `admin`: creates every partition's log stream and the
 /// Idempotency-Key bucket, as an operator does once per deployment (the nodes' own identities
 /// may not create streams). `env` is passed on (e.g. `DUPLICATE_WINDOW_SECS`, a property of
-/// the streams it creates). Panics with its log and the servers' if it fails or takes over
-/// 60 s (a NATS cluster of a loaded CI machine once refused placement for 30 s after start).
+/// the streams it creates). Prints every log beside its own (the servers') and panics if it
+/// fails or takes over 60 s (a NATS cluster of a loaded CI machine once refused placement for
+/// 30 s after start).
 pub async fn provision(
     bin: &Path,
     nats_url: &str,
@@ -176,39 +177,12 @@ pub async fn provision(
         command.env(key, value);
     }
     let status = tokio::time::timeout(std::time::Duration::from_secs(60), command.status()).await;
-    let text = || std::fs::read_to_string(log).unwrap_or_default();
     match status {
         Ok(Ok(status)) if status.success() => {}
-        other => panic!(
-            "dbnode --provision failed ({other:?}):\n{}{}",
-            text(),
-            server_logs(log.parent().unwrap_or(Path::new(".")))
-        ),
+        other => {
+            // Why JetStream would not place a stream is in the servers' logs, beside this one.
+            crate::cluster::dump_logs(log.parent().unwrap_or(Path::new(".")));
+            panic!("dbnode --provision failed ({other:?}); its log and the servers' are above");
+        }
     }
-}
-
-/// The last lines of every nats-server log in `dir`: why JetStream would not place a stream
-/// is in the servers' logs, not the client's.
-fn server_logs(dir: &Path) -> String {
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("nats") && name.ends_with(".log"))
-        })
-        .collect();
-    logs.sort();
-    logs.iter()
-        .map(|path| {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            format!(
-                "\n---------- last 30 lines of {name} ----------\n{}",
-                tail(path, 30)
-            )
-        })
-        .collect()
 }

@@ -109,6 +109,12 @@ pub fn check_subject(p: PartitionId) -> String {
     format!("ringstore.log.{p}.check")
 }
 
+/// Whether a log message with `payload` is a check marker ([`check_subject`]): no change to
+/// any record, stepped over by whatever reads the log.
+pub fn is_check_marker(payload: &[u8]) -> bool {
+    payload.is_empty()
+}
+
 /// Name of the NATS service every dbnode registers (`nats micro ls`).
 pub const SERVICE_NAME: &str = "ringstore-dbnode";
 

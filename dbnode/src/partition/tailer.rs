@@ -238,11 +238,10 @@ fn settle(partition: &Partition, gap: bool) {
     });
 }
 
-/// The entry `seq` holds, or `None` for a check marker (an empty payload, no change; see
-/// [`protocol::subjects::check_subject`]) or one that does not decode (nothing ringstore
-/// writes), which is stepped over rather than stalling every later entry.
+/// The entry `seq` holds, or `None` for a check marker (no change) or one that does not decode
+/// (nothing ringstore writes), which is stepped over rather than stalling every later entry.
 fn decode(p: protocol::PartitionId, seq: u64, payload: &[u8]) -> Option<LogEntry> {
-    if payload.is_empty() {
+    if protocol::subjects::is_check_marker(payload) {
         return None;
     }
     serde_json::from_slice(payload)
