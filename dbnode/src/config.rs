@@ -49,6 +49,10 @@ pub struct Config {
     /// that may create streams (`admin` in nats.conf); the nodes' own identities may not.
     #[arg(long, conflicts_with = "check")]
     pub provision: bool,
+    /// How long `--provision` keeps retrying (NATS unreachable, no JetStream leader yet, a
+    /// refused login) before it gives up and exits 1.
+    #[arg(long, env = "PROVISION_TIMEOUT_SECS", default_value_t = 120)]
+    pub provision_timeout_secs: u64,
     /// Logging.
     #[command(flatten)]
     pub log: runtime::LogConfig,

@@ -44,6 +44,9 @@ pub enum NodeError {
     /// Another live process serves this node id.
     #[error("another live process already serves {0}; refusing to start a second one")]
     DuplicateNode(protocol::NodeId),
+    /// `--provision` could not finish in time; why is in the log lines before.
+    #[error("provisioning did not finish within {0:?} (PROVISION_TIMEOUT_SECS); the retries' errors are logged above")]
+    ProvisionTimedOut(Duration),
 }
 
 /// Connects to NATS, retrying in the background until a server is reachable.
@@ -118,9 +121,17 @@ async fn open_key_bucket(
 }
 
 /// `dbnode --provision`: creates every partition's log stream and the Idempotency-Key bucket
-/// where they do not exist yet (retrying until NATS answers or `shutdown`), so that the nodes
-/// need no right to create or change a stream.
+/// where they do not exist yet, so that the nodes need no right to create or change a stream.
+/// Retries until NATS answers, `shutdown`, or `PROVISION_TIMEOUT_SECS`: a deployment step
+/// that cannot succeed (NATS unreachable, a wrong password) fails instead of waiting forever.
 pub async fn provision(config: &Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let limit = Duration::from_secs(config.provision_timeout_secs);
+    tokio::time::timeout(limit, provision_all(config, shutdown))
+        .await
+        .unwrap_or(Err(NodeError::ProvisionTimedOut(limit)))
+}
+
+async fn provision_all(config: &Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let client = connect(config).await?;
     for p in PartitionMap::new(config.partitions).all() {
         open_log(&client, config, p, &shutdown)

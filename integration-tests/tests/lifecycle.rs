@@ -1,7 +1,7 @@
 //! A dbnode's life cycle at its edges, against real processes: a log that is not the one the
 //! copies were applied from (deleted and recreated, as after losing a NATS server's store),
-//! SIGTERM at every phase of start-up, catch-up included, and a gateway whose NATS server
-//! stalls. `KEEP_CLUSTER=1` keeps the logs.
+//! SIGTERM at every phase of start-up, catch-up included, a gateway whose NATS server stalls,
+//! and provisioning that cannot succeed. `KEEP_CLUSTER=1` keeps the logs.
 
 use std::time::Duration;
 
@@ -236,4 +236,64 @@ async fn a_node_refuses_a_log_whose_retention_was_changed() {
     eprintln!("== phase: the admin restores the log; db-1 becomes ready by itself");
     js.update_stream(original).await.expect("restore");
     cluster.wait_node_ready(1).await;
+}
+
+/// Runs `dbnode --provision` against `nats_url` as `admin` with `password`, with a 2 s
+/// provisioning timeout; returns its exit status, how long it ran and what it printed.
+async fn provision_once(
+    nats_url: &str,
+    password: &str,
+) -> (std::process::ExitStatus, Duration, String) {
+    let bins = integration_tests::BinDir::locate(false);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let started = Instant::now();
+    let out = tokio::process::Command::new(&bins.dbnode)
+        .arg("--provision")
+        .env("NATS_URL", nats_url)
+        .env("NATS_USER", "admin")
+        .env("NATS_PASSWORD", password)
+        .env("PROVISION_TIMEOUT_SECS", "2")
+        .env("DATA_DIR", dir.path())
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("dbnode --provision ends within 30 s")
+        .expect("dbnode --provision runs");
+    let printed =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status, started.elapsed(), printed)
+}
+
+/// A deployment step that cannot succeed fails, instead of holding up whatever waits on it:
+/// `--provision` with NATS unreachable or a wrong password gives up after
+/// `PROVISION_TIMEOUT_SECS` with an error naming it, and succeeds at once with the right one.
+#[tokio::test]
+async fn provisioning_that_cannot_succeed_fails_within_its_timeout() {
+    eprintln!("== phase: nothing listens at NATS_URL");
+    let nowhere = format!("nats://127.0.0.1:{}", integration_tests::free_port());
+    let (status, took, printed) = provision_once(&nowhere, "whatever").await;
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(printed.contains("PROVISION_TIMEOUT_SECS"), "{printed}");
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+
+    eprintln!("== phase: a NATS server with nats.conf, and a wrong admin password");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let auth = integration_tests::NatsAuth::random();
+    let nats = integration_tests::Nats::start_with_config(
+        dir.path(),
+        &dir.path().join("nats.log"),
+        auth.clone(),
+    )
+    .await;
+    let (status, took, printed) = provision_once(&nats.url(), "not-the-password").await;
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(printed.contains("PROVISION_TIMEOUT_SECS"), "{printed}");
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+
+    eprintln!("== phase: the right password provisions");
+    let (status, took, printed) = provision_once(&nats.url(), &auth.admin.password).await;
+    assert!(status.success(), "{printed}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
