@@ -13,11 +13,13 @@
 //! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
 //!
 //! Log entries are applied in `WriteBatch`es holding all of these, so a crash never
-//! leaves a record without its index, counts or applied sequence.
+//! leaves a record without its index, counts or applied sequence. The counters and the applied
+//! sequence are also kept in memory (read once per partition), so that an apply writes them
+//! without reading them back.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use protocol::{LogEntry, PartitionId, Reply, User, VersionedUser};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
@@ -43,12 +45,27 @@ pub enum StorageError {
     /// The partition is not hosted here.
     #[error("partition {0} is not hosted by this node")]
     NotHosted(PartitionId),
+    /// A group counter's key is not `c` and four bytes.
+    #[error("a group counter key of unexpected length")]
+    BadKey,
 }
 
 /// The node's database, shared by every task.
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
+    /// Per hosted partition, its counters as the last apply left them (`None` until first
+    /// used, or after a reset), so that an apply need not read them back from RocksDB.
+    tallies: Arc<HashMap<PartitionId, Mutex<Option<Tally>>>>,
+}
+
+/// A partition's applied sequence and record counts, as stored. Only `apply_all` and `reset`
+/// write them (one tailer per partition), so the copy kept here stays equal to RocksDB's.
+#[derive(Debug, Default)]
+struct Tally {
+    applied: u64,
+    total: u64,
+    groups: HashMap<u32, u64>,
 }
 
 fn record_key(id: impl AsRef<[u8]>) -> Vec<u8> {
@@ -118,13 +135,48 @@ impl Storage {
             .iter()
             .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), partition_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        let tallies = partitions.iter().map(|&p| (p, Mutex::new(None))).collect();
+        Ok(Self {
+            db: Arc::new(db),
+            tallies: Arc::new(tallies),
+        })
+    }
+
+    /// Partition `p`'s counters, read from RocksDB.
+    fn load_tally(&self, p: PartitionId) -> Result<Tally, StorageError> {
+        let cf = self.cf(p)?;
+        let mut groups = HashMap::new();
+        let start = group_count_key(0);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let Some(group) = key.strip_prefix(&b"c"[..]) else {
+                break;
+            };
+            let group = u32::from_be_bytes(group.try_into().map_err(|_| StorageError::BadKey)?);
+            groups.insert(group, be64(Some(value)));
+        }
+        Ok(Tally {
+            applied: self.applied(p)?,
+            total: self.read_u64(p, COUNT)?,
+            groups,
+        })
     }
 
     fn cf(&self, p: PartitionId) -> Result<&rocksdb::ColumnFamily, StorageError> {
         self.db
             .cf_handle(&partition_cf(p))
             .ok_or(StorageError::NotHosted(p))
+    }
+
+    fn lock_tally(
+        &self,
+        p: PartitionId,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Tally>>, StorageError> {
+        let slot = self.tallies.get(&p).ok_or(StorageError::NotHosted(p))?;
+        Ok(slot.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn read_u64(&self, p: PartitionId, key: &[u8]) -> Result<u64, StorageError> {
@@ -175,7 +227,9 @@ impl Storage {
         // Every key starts with an ASCII letter.
         batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8].as_slice());
         batch.put_cf(cf, LOG_IDENTITY, epoch.to_be_bytes());
+        let mut tally = self.lock_tally(p)?;
         self.db.write(batch)?;
+        *tally = Some(Tally::default());
         Ok(())
     }
 
@@ -281,7 +335,12 @@ impl Storage {
         entries: impl IntoIterator<Item = (u64, Option<&'e LogEntry>)>,
     ) -> Result<Option<u64>, StorageError> {
         let cf = self.cf(p)?;
-        let mut applied = self.applied(p)?;
+        let mut slot = self.lock_tally(p)?;
+        if slot.is_none() {
+            *slot = Some(self.load_tally(p)?);
+        }
+        let tally = slot.as_mut().expect("loaded above");
+        let mut applied = tally.applied;
         let mut batch = WriteBatch::default();
         // The group of each record as the batch leaves it (`None`: absent), so that a later
         // entry sees an earlier one.
@@ -346,19 +405,32 @@ impl Storage {
         if !moved {
             return Ok(None);
         }
+        let mut counts = Vec::with_capacity(groups.len());
         for (group, delta) in groups.into_iter().filter(|(_, d)| *d != 0) {
             let key = group_count_key(group);
-            match self.read_u64(p, &key)?.saturating_add_signed(delta) {
+            let before = tally.groups.get(&group).copied().unwrap_or(0);
+            let count = before.saturating_add_signed(delta);
+            match count {
                 0 => batch.delete_cf(cf, key),
                 n => batch.put_cf(cf, key, n.to_be_bytes()),
             }
+            counts.push((group, count));
         }
+        let count = tally.total.saturating_add_signed(total);
         if total != 0 {
-            let count = self.read_u64(p, COUNT)?.saturating_add_signed(total);
             batch.put_cf(cf, COUNT, count.to_be_bytes());
         }
         batch.put_cf(cf, APPLIED, applied.to_be_bytes());
         self.db.write(batch)?;
+        // Only once stored: a failed write leaves the counters as RocksDB has them.
+        tally.applied = applied;
+        tally.total = count;
+        for (group, count) in counts {
+            match count {
+                0 => tally.groups.remove(&group),
+                n => tally.groups.insert(group, n),
+            };
+        }
         Ok(Some(applied))
     }
 

@@ -125,6 +125,34 @@ fn state_survives_a_restart() {
     assert_final_state(&open(dir.path()));
 }
 
+/// The counters an apply adds to are the ones stored: a copy started over from a recreated
+/// log counts from zero, and a reopened store counts on from what it had.
+#[test]
+fn counts_start_over_with_a_reset_and_go_on_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        for (seq, entry) in history() {
+            storage.apply(0, seq, &entry).unwrap();
+        }
+        storage.reset(0, 7).unwrap();
+        assert_eq!(storage.count(0, None).unwrap(), 0);
+        for (seq, entry) in history() {
+            storage.apply(0, seq, &entry).unwrap();
+        }
+        assert_final_state(&storage);
+        storage.flush().unwrap();
+    }
+    let storage = open(dir.path());
+    storage.apply(0, 7, &put("e", 3, "r7")).unwrap();
+    storage.apply(0, 8, &tombstone("a", "r8")).unwrap();
+    assert_eq!(storage.applied(0).unwrap(), 8);
+    assert_eq!(storage.count(0, None).unwrap(), 3);
+    assert_eq!(storage.count(0, Some(1)).unwrap(), 1);
+    assert_eq!(storage.count(0, Some(2)).unwrap(), 1);
+    assert_eq!(storage.count(0, Some(3)).unwrap(), 1);
+}
+
 #[test]
 fn replaying_the_compacted_log_rebuilds_the_same_state() {
     // JetStream keeps one message per record subject: superseded sequences are gone.

@@ -1,0 +1,97 @@
+//! What applying the log costs a copy, without NATS: the tailer's `Storage::apply_all` on a
+//! temp RocksDB, preloaded with `APPLY_USERS` records (default 10,000), then `APPLY_ENTRIES`
+//! log entries (default 200,000) per scenario, applied in batches of the size the tailer sees
+//! under light (1) and heavy (8) load. Prints one table row per scenario: the median of five
+//! rounds' microseconds per entry.
+//!
+//! `cargo bench -p dbnode --bench apply`; under `valgrind --tool=callgrind` (instructions, not
+//! seconds) set `APPLY_ENTRIES=20000` and read the totals.
+
+use std::time::Instant;
+
+use dbnode::storage::Storage;
+use protocol::{LogEntry, NodeId, User};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn entry(id: u64, group: Option<u32>, request: u64) -> LogEntry {
+    let id = format!("u{id}");
+    LogEntry {
+        record: group.map(|group| User {
+            id: id.clone(),
+            name: format!("name {id}"),
+            email: format!("{id}@example.com"),
+            group,
+        }),
+        id,
+        writer: NodeId(0),
+        request_id: format!("req-{request:016x}"),
+        group_before: None,
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn main() {
+    let users = env("APPLY_USERS", 10_000);
+    let count = env("APPLY_ENTRIES", 200_000);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let storage = Storage::open(dir.path(), &[0]).expect("storage");
+    let mut seq = 0;
+    let mut request = 0;
+    let mut next = |id, group| {
+        seq += 1;
+        request += 1;
+        (seq, entry(id, group, request))
+    };
+    let preload: Vec<_> = (0..users).map(|id| next(id, Some(0))).collect();
+    for chunk in preload.chunks(256) {
+        let entries = chunk.iter().map(|(s, e)| (*s, Some(e)));
+        storage.apply_all(0, entries).expect("preload");
+    }
+    let mut created = users;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    println!("| scenario | batch | entries | µs per entry (median of 5) |");
+    println!("|---|---:|---:|---:|");
+    for (name, batch) in [
+        ("update, group changes", 1),
+        ("update, group changes", 8),
+        ("create", 1),
+    ] {
+        let mut rounds = Vec::new();
+        for _ in 0..5 {
+            let entries: Vec<_> = (0..count)
+                .map(|_| match name {
+                    "create" => {
+                        created += 1;
+                        next(created, Some(rng.below(16) as u32))
+                    }
+                    _ => next(rng.below(users), Some(rng.below(16) as u32)),
+                })
+                .collect();
+            let started = Instant::now();
+            for chunk in entries.chunks(batch) {
+                let entries = chunk.iter().map(|(s, e)| (*s, Some(e)));
+                storage.apply_all(0, entries).expect("apply");
+            }
+            rounds.push(started.elapsed().as_secs_f64() * 1e6 / count as f64);
+        }
+        rounds.sort_by(f64::total_cmp);
+        println!("| {name} | {batch} | {count} | {:.2} |", rounds[2]);
+    }
+}
