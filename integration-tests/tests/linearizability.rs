@@ -1,12 +1,13 @@
 //! Jepsen-style linearizability tests (DESIGN.md "Consistency guarantee"), against real
 //! processes: six clients make creates, reads, updates, `If-Match` updates and deletes of six
-//! records (eighteen on the NATS cluster) through one gateway (`REQUEST_TIMEOUT_MS=1000`) while a nemesis injects one kind of
-//! fault — kill -9 and restart, SIGSTOP/SIGCONT of a primary or of a replica, pauses longer
-//! than the request timeout and than JetStream's duplicate window, NATS restarts, and kill -9
-//! of one server of a 3-server NATS cluster whose logs are replicated on all three. Every
-//! operation's invocation, completion and outcome is recorded (a timeout or 5xx is "unknown":
-//! it may or may not have happened), and the history of each record is checked for
-//! linearizability against a register-with-CAS model (`integration_tests::checker`).
+//! records (eighteen on the NATS cluster) through one gateway (`REQUEST_TIMEOUT_MS=1000`)
+//! while a nemesis injects one kind of fault — kill -9 and restart, SIGSTOP/SIGCONT of a
+//! primary or of a replica, pauses longer than the request timeout and than JetStream's
+//! duplicate window, NATS restarts, and kill -9 of one server of a 3-server NATS cluster
+//! whose logs are replicated on all three. Every operation's invocation, completion and
+//! outcome is recorded (a timeout or 5xx is "unknown": it may or may not have happened), and
+//! the history of each record is checked for linearizability against a register-with-CAS
+//! model (`integration_tests::checker`).
 //!
 //! Each nemesis runs `LIN_SECONDS` seconds (default 25; `LIN_SECONDS=600` is the long run).
 //! `KEEP_CLUSTER=1` keeps the logs.
