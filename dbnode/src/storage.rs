@@ -54,9 +54,9 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
-    /// Per hosted partition, its counters as the last apply left them (`None` until first
-    /// used, or after a reset), so that an apply need not read them back from RocksDB.
-    tallies: Arc<HashMap<PartitionId, Mutex<Option<Tally>>>>,
+    /// Per hosted partition, its counters as the last apply left them (read at open), so that
+    /// an apply need not read them back from RocksDB.
+    tallies: Arc<HashMap<PartitionId, Mutex<Tally>>>,
 }
 
 /// A partition's applied sequence and record counts, as stored. Only `apply_all` and `reset`
@@ -135,11 +135,16 @@ impl Storage {
             .iter()
             .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), partition_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let tallies = partitions.iter().map(|&p| (p, Mutex::new(None))).collect();
-        Ok(Self {
+        let mut storage = Self {
             db: Arc::new(db),
-            tallies: Arc::new(tallies),
-        })
+            tallies: Arc::default(),
+        };
+        let tallies = partitions
+            .iter()
+            .map(|&p| Ok((p, Mutex::new(storage.load_tally(p)?))))
+            .collect::<Result<_, StorageError>>()?;
+        storage.tallies = Arc::new(tallies);
+        Ok(storage)
     }
 
     /// Partition `p`'s counters, read from RocksDB.
@@ -171,10 +176,7 @@ impl Storage {
             .ok_or(StorageError::NotHosted(p))
     }
 
-    fn lock_tally(
-        &self,
-        p: PartitionId,
-    ) -> Result<std::sync::MutexGuard<'_, Option<Tally>>, StorageError> {
+    fn lock_tally(&self, p: PartitionId) -> Result<std::sync::MutexGuard<'_, Tally>, StorageError> {
         let slot = self.tallies.get(&p).ok_or(StorageError::NotHosted(p))?;
         Ok(slot.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -229,7 +231,7 @@ impl Storage {
         batch.put_cf(cf, LOG_IDENTITY, epoch.to_be_bytes());
         let mut tally = self.lock_tally(p)?;
         self.db.write(batch)?;
-        *tally = Some(Tally::default());
+        *tally = Tally::default();
         Ok(())
     }
 
@@ -335,11 +337,7 @@ impl Storage {
         entries: impl IntoIterator<Item = (u64, Option<&'e LogEntry>)>,
     ) -> Result<Option<u64>, StorageError> {
         let cf = self.cf(p)?;
-        let mut slot = self.lock_tally(p)?;
-        if slot.is_none() {
-            *slot = Some(self.load_tally(p)?);
-        }
-        let tally = slot.as_mut().expect("loaded above");
+        let mut tally = self.lock_tally(p)?;
         let mut applied = tally.applied;
         let mut batch = WriteBatch::default();
         // The group of each record as the batch leaves it (`None`: absent), so that a later
