@@ -42,6 +42,7 @@ mod process;
 mod reply;
 mod tls;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,11 +109,21 @@ impl BinDir {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+///
+/// The kernel may hand the same port to two binds in a row once the first is closed: this
+/// process never gets one port twice (a server's client and monitor ports once collided so).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free local port")
-        .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free local port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, and returns that value. Panics, naming
