@@ -30,7 +30,8 @@ pub struct Config {
         value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
     /// How long a write's outcome is kept for retries with its request id, in seconds (at most
-    /// `OUTCOME_KEEP_WRITES` per partition are kept, whichever is fewer).
+    /// `OUTCOME_KEEP_WRITES` per partition are kept, whichever is fewer). Outcomes are dropped
+    /// by RocksDB compactions, and the node compacts them every quarter of this (1 min–1 h).
     #[arg(long, env = "OUTCOME_RETENTION_SECS", default_value_t = 86_400)]
     pub outcome_retention_secs: u64,
     /// How long the gateways remember an `Idempotency-Key`, in seconds (the age limit of the

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Config;
-use protocol::{subjects, NodeState, PartitionMap};
+use protocol::{subjects, NodeState, PartitionId, PartitionMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -157,46 +157,41 @@ async fn provision_all(config: &Config, shutdown: CancellationToken) -> Result<(
     Ok(())
 }
 
-/// Forgets request outcomes older than `retention` or beyond the last `keep` writes of each
-/// partition, a bounded batch at a time: as fast as writes arrive, without holding up applies
-/// for long.
-async fn prune_outcomes(
-    partitions: Vec<Arc<Partition>>,
-    retention: Duration,
-    keep: u64,
+/// How often the outcomes are compacted: a quarter of their retention, between a minute and an
+/// hour, so that an outcome outlives its retention by at most that.
+fn outcome_compaction_interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600))
+}
+
+/// Compacts every hosted partition's request outcomes every `every`, so that the outcome filter
+/// drops those past their retention even where RocksDB's own compactions have not reached them
+/// (a quiet partition, the bottom level). Runs on a blocking thread: compaction never holds up
+/// the node's tasks.
+async fn compact_outcomes(
+    storage: Storage,
+    partitions: Vec<PartitionId>,
+    every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
+            _ = ticks.tick() => {}
         }
-        for partition in &partitions {
-            let older_than =
-                protocol::timing::now_ms().saturating_sub(retention.as_millis() as u64);
-            let mut pruned = 0;
-            loop {
-                match partition.prune_outcomes(older_than, keep) {
-                    Ok(n) => {
-                        pruned += n;
-                        if n < partition::PRUNE_BATCH || shutdown.is_cancelled() {
-                            break;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                    Err(e) => {
-                        warn!(partition = partition.id, error = %e, "pruning outcomes failed");
-                        break;
-                    }
-                }
-            }
-            if pruned > 0 {
-                debug!(
-                    partition = partition.id,
-                    pruned, "old request outcomes pruned"
-                );
-            }
+        let storage = storage.clone();
+        let partitions = partitions.clone();
+        let compacted = tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .try_for_each(|&p| storage.compact_outcomes(p))
+        })
+        .await;
+        match compacted {
+            Ok(Ok(())) => debug!("request outcomes compacted"),
+            Ok(Err(e)) => warn!(error = %e, "compacting request outcomes failed"),
+            Err(e) => warn!(error = %e, "compacting request outcomes failed"),
         }
     }
 }
@@ -209,7 +204,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let hosted = map.hosted(node);
     info!(%node, ?hosted, data_dir = %config.data_dir.display(), "opening storage");
     let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
-    let storage = Storage::open(&config.data_dir, &ids)?;
+    let retention = storage::OutcomeRetention {
+        age: Duration::from_secs(config.outcome_retention_secs),
+        writes: config.outcome_keep_writes,
+    };
+    let storage = Storage::open(&config.data_dir, &ids, retention)?;
 
     info!(url = config.nats.url, "connecting to NATS");
     let client = connect(&config).await?;
@@ -262,10 +261,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     for partition in &partitions {
         tasks.spawn(partition.clone().tail(shutdown.clone()));
     }
-    tasks.spawn(prune_outcomes(
-        partitions.clone(),
-        Duration::from_secs(config.outcome_retention_secs),
-        config.outcome_keep_writes,
+    tasks.spawn(compact_outcomes(
+        storage.clone(),
+        ids.clone(),
+        outcome_compaction_interval(retention.age),
         shutdown.clone(),
     ));
 

@@ -5,28 +5,64 @@
 //! - `g{group:be32}{id}` → empty: the group index;
 //! - `t{id}` → the sequence (be64) of the tombstone of a deleted record: with the record keys,
 //!   every id's latest log sequence, which the writer's conditional appends name;
-//! - `q{request_id}` → the write's outcome (JSON [`Reply`]), for idempotent retries, and
-//!   `o{seq:be64}` → when it was applied (Unix ms, be64) and its request id, so that old
-//!   outcomes can be pruned in log order;
+//! - `q{request_id}` → the write's outcome, for idempotent retries: when it was applied (Unix
+//!   ms, be64), its log sequence (be64), then the JSON [`Reply`];
 //! - `m/applied` → the last applied log sequence (be64); `m/log` → the identity of the log it
-//!   was applied from (the stream's creation time, be64), so that a recreated log is noticed;
-//! - `m/count` and `c{group:be32}` → record counts, total and per group (be64).
+//!   was applied from (the stream's creation time, be64), so that a recreated log is noticed.
 //!
-//! Log entries are applied in `WriteBatch`es holding all of these, so a crash never
-//! leaves a record without its index, counts or applied sequence. The counters and the applied
-//! sequence are also kept in memory (read once per partition), so that an apply writes them
-//! without reading them back.
+//! Log entries are applied in `WriteBatch`es holding all of these, so a crash never leaves a
+//! record without its index or applied sequence. Every key an apply writes is one more
+//! memtable insert, the largest cost of a write here, so nothing is written that can be had
+//! otherwise:
+//! - record counts (total and per group) live in memory only, counted from the group index
+//!   when the database opens (every record has one group) and kept by the applies;
+//! - old outcomes are not deleted one by one: a compaction filter drops those older than the
+//!   retention or more than the kept number of writes behind the applied sequence whenever
+//!   RocksDB compacts them, and [`Storage::compact_outcomes`] compacts every outcome on demand
+//!   (the node does so periodically), so the table stays bounded without a write of its own.
+//!
+//! Databases written before this layout also hold `o{seq}` (an outcome order index),
+//! `c{group}` and `m/count` (stored counters): they are deleted at open, and their outcomes,
+//! of unknown age, are dropped at their next compaction.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use protocol::{LogEntry, PartitionId, Reply, User, VersionedUser};
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 
 const APPLIED: &[u8] = b"m/applied";
-const COUNT: &[u8] = b"m/count";
 const LOG_IDENTITY: &[u8] = b"m/log";
+/// The stored counters of databases written before counts were kept in memory only.
+const LEGACY_COUNT: &[u8] = b"m/count";
+/// The key ranges of the outcome order index and the per-group counters of those databases.
+const LEGACY_RANGES: [(&[u8], &[u8]); 2] = [(b"o", b"p"), (b"c", b"d")];
+/// The bytes before an outcome's JSON: when it was applied (Unix ms) and its sequence.
+const OUTCOME_STAMP: usize = 16;
+
+/// How long request outcomes answer retries (README: `OUTCOME_RETENTION_SECS`,
+/// `OUTCOME_KEEP_WRITES`): an outcome is dropped once it is older than `age` or more than
+/// `writes` log sequences behind its partition's applied one, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeRetention {
+    /// The age after which an outcome is dropped.
+    pub age: Duration,
+    /// How many of a partition's latest sequences keep their outcomes.
+    pub writes: u64,
+}
+
+impl Default for OutcomeRetention {
+    fn default() -> Self {
+        Self {
+            age: Duration::from_secs(86_400),
+            writes: 1_000_000,
+        }
+    }
+}
 
 /// The column family holding partition `p`.
 pub fn partition_cf(p: PartitionId) -> String {
@@ -45,22 +81,31 @@ pub enum StorageError {
     /// The partition is not hosted here.
     #[error("partition {0} is not hosted by this node")]
     NotHosted(PartitionId),
-    /// A group counter's key is not `c` and four bytes.
-    #[error("a group counter key of unexpected length")]
+    /// A group index key without its four-byte group.
+    #[error("a group index key too short for its group")]
     BadKey,
+    /// A stored outcome shorter than its stamp.
+    #[error("a request outcome too short for its stamp")]
+    BadOutcome,
 }
 
 /// The node's database, shared by every task.
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
-    /// Per hosted partition, its counters as the last apply left them (read at open), so that
-    /// an apply need not read them back from RocksDB.
-    tallies: Arc<HashMap<PartitionId, Mutex<Tally>>>,
+    /// Per hosted partition, its applied sequence and record counts.
+    slots: Arc<HashMap<PartitionId, Slot>>,
 }
 
-/// A partition's applied sequence and record counts, as stored. Only `apply_all` and `reset`
-/// write them (one tailer per partition), so the copy kept here stays equal to RocksDB's.
+/// What storage keeps in memory of one partition.
+struct Slot {
+    tally: Mutex<Tally>,
+    /// The applied sequence, for the outcome filter (which runs on RocksDB's threads).
+    applied: Arc<AtomicU64>,
+}
+
+/// A partition's applied sequence (as stored) and record counts (counted at open, then kept by
+/// the applies). Only `apply_all` and `reset` change them (one tailer per partition).
 #[derive(Debug, Default)]
 struct Tally {
     applied: u64,
@@ -76,10 +121,6 @@ fn group_key(group: u32, id: &str) -> Vec<u8> {
     [&b"g"[..], &group.to_be_bytes(), id.as_bytes()].concat()
 }
 
-fn group_count_key(group: u32) -> Vec<u8> {
-    [&b"c"[..], &group.to_be_bytes()].concat()
-}
-
 fn tombstone_key(id: &str) -> Vec<u8> {
     [b"t", id.as_bytes()].concat()
 }
@@ -88,18 +129,46 @@ fn request_key(request_id: &str) -> Vec<u8> {
     [b"q", request_id.as_bytes()].concat()
 }
 
-/// `o{seq:be64}` → request id: the outcomes in log order, so that old ones can be pruned.
-fn outcome_order_key(seq: u64) -> Vec<u8> {
-    [&b"o"[..], &seq.to_be_bytes()].concat()
+/// `{applied at, Unix ms:be64}{seq:be64}{reply JSON}`.
+fn outcome_value(seq: u64, reply: &Reply) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = Vec::with_capacity(OUTCOME_STAMP + 128);
+    value.extend_from_slice(&protocol::timing::now_ms().to_be_bytes());
+    value.extend_from_slice(&seq.to_be_bytes());
+    serde_json::to_writer(&mut value, reply)?;
+    Ok(value)
 }
 
-/// `{applied at, Unix ms:be64}{request id}`.
-fn outcome_order_value(request_id: &str) -> Vec<u8> {
-    [
-        &protocol::timing::now_ms().to_be_bytes()[..],
-        request_id.as_bytes(),
-    ]
-    .concat()
+/// When an outcome was applied (Unix ms) and its sequence; `None` for an outcome of a database
+/// written before outcomes were stamped (plain JSON, which starts with `{`, where a stamp
+/// starts with the high byte of a millisecond clock, 0 for millennia).
+fn outcome_stamp(value: &[u8]) -> Option<(u64, u64)> {
+    if value.first() == Some(&b'{') || value.len() < OUTCOME_STAMP {
+        return None;
+    }
+    Some((be64(Some(&value[..8])), be64(Some(&value[8..16]))))
+}
+
+/// The compaction filter of a partition's column family: drops the outcomes `retention` no
+/// longer keeps (unstamped ones too: their age is unknown), keeps every other key.
+fn outcome_filter(
+    retention: OutcomeRetention,
+    applied: Arc<AtomicU64>,
+) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
+    move |_level, key, value| {
+        if key.first() != Some(&b'q') {
+            return Decision::Keep;
+        }
+        let Some((at, seq)) = outcome_stamp(value) else {
+            return Decision::Remove;
+        };
+        let oldest = protocol::timing::now_ms().saturating_sub(retention.age.as_millis() as u64);
+        let behind = seq.saturating_add(retention.writes) <= applied.load(Ordering::Relaxed);
+        if at < oldest || behind {
+            Decision::Remove
+        } else {
+            Decision::Keep
+        }
+    }
 }
 
 fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
@@ -115,8 +184,11 @@ fn be64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
 /// from 11 % to 7 % of all CPU under writes, but did not raise write throughput beyond the
 /// noise and cost LIST 5–8 % (more files for its iterator to merge): not taken
 /// (BENCHMARKS.md, round 2 session 4).
-fn partition_options() -> Options {
+fn partition_options(
+    filter: impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static,
+) -> Options {
     let mut opts = Options::default();
+    opts.set_compaction_filter("ringstore-outcome-retention", filter);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
@@ -126,48 +198,86 @@ fn partition_options() -> Options {
 }
 
 impl Storage {
-    /// Opens (or creates) the database at `path` with a column family for each partition.
-    pub fn open(path: &Path, partitions: &[PartitionId]) -> Result<Self, StorageError> {
+    /// Opens (or creates) the database at `path` with a column family for each partition,
+    /// keeping request outcomes as `retention` says. Counts each partition's records (a scan
+    /// of its group index: some 0.3 s per million records here).
+    pub fn open(
+        path: &Path,
+        partitions: &[PartitionId],
+        retention: OutcomeRetention,
+    ) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = partitions
+        let applied: HashMap<_, _> = partitions
             .iter()
-            .map(|&p| ColumnFamilyDescriptor::new(partition_cf(p), partition_options()));
+            .map(|&p| (p, Arc::new(AtomicU64::new(0))))
+            .collect();
+        let cfs = partitions.iter().map(|p| {
+            let filter = outcome_filter(retention, applied[p].clone());
+            ColumnFamilyDescriptor::new(partition_cf(*p), partition_options(filter))
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut storage = Self {
             db: Arc::new(db),
-            tallies: Arc::default(),
+            slots: Arc::default(),
         };
-        let tallies = partitions
-            .iter()
-            .map(|&p| Ok((p, Mutex::new(storage.load_tally(p)?))))
-            .collect::<Result<_, StorageError>>()?;
-        storage.tallies = Arc::new(tallies);
+        let mut slots = HashMap::new();
+        for (p, applied) in applied {
+            storage.forget_legacy_keys(p)?;
+            let tally = storage.count_records(p)?;
+            applied.store(tally.applied, Ordering::Relaxed);
+            let tally = Mutex::new(tally);
+            slots.insert(p, Slot { tally, applied });
+        }
+        storage.slots = Arc::new(slots);
         Ok(storage)
     }
 
-    /// Partition `p`'s counters, read from RocksDB.
-    fn load_tally(&self, p: PartitionId) -> Result<Tally, StorageError> {
+    /// Partition `p`'s applied sequence, and its records counted from the group index.
+    fn count_records(&self, p: PartitionId) -> Result<Tally, StorageError> {
         let cf = self.cf(p)?;
         let mut groups = HashMap::new();
-        let start = group_count_key(0);
-        for item in self
+        let index = self
             .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, value) = item?;
-            let Some(group) = key.strip_prefix(&b"c"[..]) else {
+            .iterator_cf(cf, IteratorMode::From(b"g", Direction::Forward));
+        for item in index {
+            let (key, _) = item?;
+            let Some(rest) = key.strip_prefix(&b"g"[..]) else {
                 break;
             };
+            let group = rest.get(..4).ok_or(StorageError::BadKey)?;
             let group = u32::from_be_bytes(group.try_into().map_err(|_| StorageError::BadKey)?);
-            groups.insert(group, be64(Some(value)));
+            *groups.entry(group).or_insert(0) += 1;
         }
         Ok(Tally {
             applied: self.applied(p)?,
-            total: self.read_u64(p, COUNT)?,
+            total: groups.values().sum(),
             groups,
         })
+    }
+
+    /// Deletes the keys of an older layout (see the module documentation), if any.
+    fn forget_legacy_keys(&self, p: PartitionId) -> Result<(), StorageError> {
+        let cf = self.cf(p)?;
+        let mut batch = WriteBatch::default();
+        for (from, to) in LEGACY_RANGES {
+            let mut keys = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(from, Direction::Forward));
+            if let Some(item) = keys.next() {
+                if item?.0.as_ref() < to {
+                    batch.delete_range_cf(cf, from, to);
+                }
+            }
+        }
+        if self.db.get_pinned_cf(cf, LEGACY_COUNT)?.is_some() {
+            batch.delete_cf(cf, LEGACY_COUNT);
+        }
+        if !batch.is_empty() {
+            self.db.write(batch)?;
+        }
+        Ok(())
     }
 
     fn cf(&self, p: PartitionId) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -176,9 +286,16 @@ impl Storage {
             .ok_or(StorageError::NotHosted(p))
     }
 
+    fn slot(&self, p: PartitionId) -> Result<&Slot, StorageError> {
+        self.slots.get(&p).ok_or(StorageError::NotHosted(p))
+    }
+
     fn lock_tally(&self, p: PartitionId) -> Result<std::sync::MutexGuard<'_, Tally>, StorageError> {
-        let slot = self.tallies.get(&p).ok_or(StorageError::NotHosted(p))?;
-        Ok(slot.lock().unwrap_or_else(|e| e.into_inner()))
+        Ok(self
+            .slot(p)?
+            .tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
     }
 
     fn read_u64(&self, p: PartitionId, key: &[u8]) -> Result<u64, StorageError> {
@@ -232,6 +349,7 @@ impl Storage {
         let mut tally = self.lock_tally(p)?;
         self.db.write(batch)?;
         *tally = Tally::default();
+        self.slot(p)?.applied.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -241,17 +359,25 @@ impl Storage {
             .db
             .get_pinned_cf(self.cf(p)?, request_key(request_id))?
         {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Some(bytes) => {
+                let json = match outcome_stamp(&bytes) {
+                    Some(_) => &bytes[OUTCOME_STAMP..],
+                    None if bytes.first() == Some(&b'{') => &bytes[..],
+                    None => return Err(StorageError::BadOutcome),
+                };
+                Ok(Some(serde_json::from_slice(json)?))
+            }
             None => Ok(None),
         }
     }
 
-    /// Number of records in partition `p`, in total or in one group.
+    /// Number of records in partition `p`, in total or in one group, as of the last apply.
     pub fn count(&self, p: PartitionId, group: Option<u32>) -> Result<u64, StorageError> {
-        match group {
-            None => self.read_u64(p, COUNT),
-            Some(g) => self.read_u64(p, &group_count_key(g)),
-        }
+        let tally = self.lock_tally(p)?;
+        Ok(match group {
+            None => tally.total,
+            Some(g) => tally.groups.get(&g).copied().unwrap_or(0),
+        })
     }
 
     /// Up to `limit` records of partition `p` with ids bytewise after `after`, in id order,
@@ -391,81 +517,37 @@ impl Storage {
             batch.put_cf(
                 cf,
                 request_key(&entry.request_id),
-                serde_json::to_vec(&entry.outcome(seq))?,
-            );
-            batch.put_cf(
-                cf,
-                outcome_order_key(seq),
-                outcome_order_value(&entry.request_id),
+                outcome_value(seq, &entry.outcome(seq))?,
             );
             records.insert(&entry.id, new_group);
         }
         if !moved {
             return Ok(None);
         }
-        let mut counts = Vec::with_capacity(groups.len());
-        for (group, delta) in groups.into_iter().filter(|(_, d)| *d != 0) {
-            let key = group_count_key(group);
-            let before = tally.groups.get(&group).copied().unwrap_or(0);
-            let count = before.saturating_add_signed(delta);
-            match count {
-                0 => batch.delete_cf(cf, key),
-                n => batch.put_cf(cf, key, n.to_be_bytes()),
-            }
-            counts.push((group, count));
-        }
-        let count = tally.total.saturating_add_signed(total);
-        if total != 0 {
-            batch.put_cf(cf, COUNT, count.to_be_bytes());
-        }
         batch.put_cf(cf, APPLIED, applied.to_be_bytes());
         self.db.write(batch)?;
-        // Only once stored: a failed write leaves the counters as RocksDB has them.
+        // Only once stored: a failed write leaves the counts as the records are.
         tally.applied = applied;
-        tally.total = count;
-        for (group, count) in counts {
-            match count {
-                0 => tally.groups.remove(&group),
-                n => tally.groups.insert(group, n),
-            };
+        self.slot(p)?.applied.store(applied, Ordering::Relaxed);
+        tally.total = tally.total.saturating_add_signed(total);
+        for (group, delta) in groups {
+            let count = tally.groups.entry(group).or_insert(0);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                tally.groups.remove(&group);
+            }
         }
         Ok(Some(applied))
     }
 
-    /// Forgets the outcomes of writes applied before `older_than` (Unix ms) or more than `keep`
-    /// sequences behind the applied one, at most `budget` of them per call, oldest first;
-    /// returns how many it forgot. Retries that old are then recognised only within
-    /// JetStream's duplicate window.
-    pub fn prune_outcomes(
-        &self,
-        p: PartitionId,
-        older_than: u64,
-        keep: u64,
-        budget: usize,
-    ) -> Result<usize, StorageError> {
-        let cf = self.cf(p)?;
-        let cutoff = self.applied(p)?.saturating_sub(keep);
-        let mut batch = WriteBatch::default();
-        let mut pruned = 0;
-        let start = outcome_order_key(0);
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, value) = item?;
-            let Some(seq) = key.strip_prefix(&b"o"[..]) else {
-                break;
-            };
-            let (at, request_id) = value.split_at(8.min(value.len()));
-            if pruned == budget || (be64(Some(seq)) > cutoff && be64(Some(at)) >= older_than) {
-                break;
-            }
-            batch.delete_cf(cf, &key);
-            batch.delete_cf(cf, [&b"q"[..], request_id].concat());
-            pruned += 1;
-        }
-        self.db.write(batch)?;
-        Ok(pruned)
+    /// Compacts partition `p`'s request outcomes (memtable included), so that the outcome
+    /// filter drops every one the retention no longer keeps. RocksDB's own compactions do the
+    /// same as writes go on; this bounds how long an outcome outlives its retention when
+    /// they do not reach it.
+    pub fn compact_outcomes(&self, p: PartitionId) -> Result<(), StorageError> {
+        self.db
+            .compact_range_cf(self.cf(p)?, Some(&b"q"[..]), Some(&b"r"[..]));
+        Ok(())
     }
 
     /// Flushes memtables to disk (on shutdown).

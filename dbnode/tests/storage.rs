@@ -1,8 +1,10 @@
 //! Storage suite on a temp dir: apply, idempotent re-apply, restart, and replay of a
 //! compacted log (one entry per record, as JetStream keeps it) into an empty node.
 
-use dbnode::storage::Storage;
-use protocol::{LogEntry, NodeId, Reply, User};
+use std::time::Duration;
+
+use dbnode::storage::{OutcomeRetention, Storage};
+use protocol::{LogEntry, NodeId, Reply, User, VersionedUser};
 
 fn user(id: &str, group: u32) -> User {
     User {
@@ -46,7 +48,7 @@ fn history() -> Vec<(u64, LogEntry)> {
 }
 
 fn open(dir: &std::path::Path) -> Storage {
-    Storage::open(dir, &[0, 2]).unwrap()
+    Storage::open(dir, &[0, 2], Default::default()).unwrap()
 }
 
 fn assert_final_state(storage: &Storage) {
@@ -222,16 +224,18 @@ fn scan_pages_by_id_and_by_group_index() {
 }
 
 #[test]
-fn old_outcomes_are_pruned_in_log_order() {
+fn outcomes_beyond_the_kept_writes_are_dropped_by_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
+    let retention = OutcomeRetention {
+        age: Duration::from_secs(86_400),
+        writes: 2,
+    };
+    let storage = Storage::open(dir.path(), &[0, 2], retention).unwrap();
     for (seq, entry) in history() {
         storage.apply(0, seq, &entry).unwrap();
     }
-    // Keep the outcomes of the last 2 sequences (5 and 6): 1..=4 go, 2 at most per call.
-    assert_eq!(storage.prune_outcomes(0, 0, 2, 2).unwrap(), 2);
-    assert_eq!(storage.prune_outcomes(0, 0, 2, 100).unwrap(), 2);
-    assert_eq!(storage.prune_outcomes(0, 0, 2, 100).unwrap(), 0);
+    storage.compact_outcomes(0).unwrap();
+    // Sequences 5 and 6 are the last two: their outcomes stay, 1..=4 go.
     for gone in ["r1", "r2", "r3", "r4"] {
         assert_eq!(storage.outcome(0, gone).unwrap(), None, "{gone}");
     }
@@ -242,7 +246,6 @@ fn old_outcomes_are_pruned_in_log_order() {
     assert!(storage.outcome(0, "r6").unwrap().is_some());
     // Records, counts and the applied sequence are untouched.
     assert_final_state(&storage);
-    assert_eq!(storage.prune_outcomes(0, 0, 100, 100).unwrap(), 0);
 }
 
 #[test]
@@ -262,25 +265,100 @@ fn a_page_stops_at_its_byte_budget_but_never_empty() {
 }
 
 #[test]
-fn outcomes_older_than_the_retention_are_pruned_whatever_their_count() {
+fn outcomes_older_than_the_retention_are_dropped_whatever_their_count() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
+    let young = OutcomeRetention {
+        age: Duration::from_secs(3600),
+        writes: 100,
+    };
+    let storage = Storage::open(dir.path(), &[0, 2], young).unwrap();
     for (seq, entry) in history() {
         storage.apply(0, seq, &entry).unwrap();
     }
-    let now = protocol::timing::now_ms();
-    // Every outcome is younger than an hour ago: the age rule keeps them all.
-    assert_eq!(
-        storage
-            .prune_outcomes(0, now - 3_600_000, 100, 100)
-            .unwrap(),
-        0
+    let applied_at = protocol::timing::now_ms();
+    storage.compact_outcomes(0).unwrap();
+    assert!(
+        storage.outcome(0, "r1").unwrap().is_some(),
+        "younger than an hour"
     );
-    // Every outcome was applied before a moment from now: all go, in batches.
-    assert_eq!(storage.prune_outcomes(0, now + 1_000, 100, 4).unwrap(), 4);
-    assert_eq!(storage.prune_outcomes(0, now + 1_000, 100, 100).unwrap(), 2);
-    assert_eq!(storage.outcome(0, "r6").unwrap(), None);
+    drop(storage);
+    // Reopened with no retention by age: every outcome applied before now goes.
+    let none = OutcomeRetention {
+        age: Duration::ZERO,
+        writes: 100,
+    };
+    let storage = Storage::open(dir.path(), &[0, 2], none).unwrap();
+    while protocol::timing::now_ms() <= applied_at {
+        std::thread::yield_now();
+    }
+    storage.compact_outcomes(0).unwrap();
+    for (_, entry) in history() {
+        assert_eq!(storage.outcome(0, &entry.request_id).unwrap(), None);
+    }
     assert_final_state(&storage);
+}
+
+/// A database of the earlier layout: stored counters (`c{group}`, `m/count`), an outcome order
+/// index (`o{seq}`) and outcomes as plain JSON.
+#[test]
+fn a_database_of_the_earlier_layout_is_counted_from_its_index_and_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), ["p0", "p2"]).unwrap();
+        let cf = db.cf_handle("p0").unwrap();
+        let record = VersionedUser {
+            user: user("a", 7),
+            version: 1,
+        };
+        db.put_cf(cf, b"ra", serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        db.put_cf(cf, [&b"g"[..], &7u32.to_be_bytes(), b"a"].concat(), [])
+            .unwrap();
+        // Counters that disagree with the index: the index wins.
+        db.put_cf(
+            cf,
+            [&b"c"[..], &7u32.to_be_bytes()].concat(),
+            99u64.to_be_bytes(),
+        )
+        .unwrap();
+        db.put_cf(cf, b"m/count", 99u64.to_be_bytes()).unwrap();
+        let reply = serde_json::to_vec(&Reply::written(Some(user("a", 7)), 1)).unwrap();
+        db.put_cf(cf, b"qr1", reply).unwrap();
+        db.put_cf(cf, [&b"o"[..], &1u64.to_be_bytes()].concat(), b"whenr1")
+            .unwrap();
+        db.put_cf(cf, b"m/applied", 1u64.to_be_bytes()).unwrap();
+    }
+    let storage = open(dir.path());
+    assert_eq!(storage.count(0, None).unwrap(), 1);
+    assert_eq!(storage.count(0, Some(7)).unwrap(), 1);
+    assert_eq!(storage.applied(0).unwrap(), 1);
+    assert_eq!(
+        storage.outcome(0, "r1").unwrap(),
+        Some(Reply::written(Some(user("a", 7)), 1)),
+        "an unstamped outcome still answers until compacted"
+    );
+    storage.compact_outcomes(0).unwrap();
+    assert_eq!(
+        storage.outcome(0, "r1").unwrap(),
+        None,
+        "its age is unknown"
+    );
+    drop(storage);
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), ["p0", "p2"]).unwrap();
+    let cf = db.cf_handle("p0").unwrap();
+    let keys: Vec<Vec<u8>> = db
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| item.unwrap().0.to_vec())
+        .collect();
+    let expected: Vec<Vec<u8>> = vec![
+        [&b"g"[..], &7u32.to_be_bytes(), b"a"].concat(),
+        b"m/applied".to_vec(),
+        b"ra".to_vec(),
+    ];
+    assert_eq!(keys, expected, "no counter or order key is left");
 }
 
 #[test]

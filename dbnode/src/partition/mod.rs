@@ -158,18 +158,8 @@ impl Partition {
         }
     }
 
-    /// Forgets request outcomes applied before `older_than` (Unix ms) or more than `keep`
-    /// writes ago, a bounded batch at a time; returns how many it forgot.
-    pub fn prune_outcomes(&self, older_than: u64, keep: u64) -> Result<usize, StorageError> {
-        self.storage
-            .prune_outcomes(self.id, older_than, keep, PRUNE_BATCH)
-    }
-
     /// Applies the log to the local copy until `shutdown` ([`tailer`]).
     pub async fn tail(self: Arc<Self>, shutdown: CancellationToken) {
         tailer::run(self, shutdown).await
     }
 }
-
-/// How many outcomes one pruning pass forgets at most.
-pub const PRUNE_BATCH: usize = 10_000;

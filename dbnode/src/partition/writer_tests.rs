@@ -158,7 +158,7 @@ struct Setup {
 
 fn setup(log: MemoryLog, applied: &[(u64, LogEntry)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path(), &[0]).unwrap();
+    let storage = Storage::open(dir.path(), &[0], Default::default()).unwrap();
     for (seq, e) in applied {
         storage.apply(0, *seq, e).unwrap();
     }
