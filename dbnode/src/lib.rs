@@ -166,7 +166,8 @@ fn outcome_compaction_interval(retention: Duration) -> Duration {
 /// Compacts every hosted partition's request outcomes every `every`, so that the outcome filter
 /// drops those past their retention even where RocksDB's own compactions have not reached them
 /// (a quiet partition, the bottom level). Runs on a blocking thread: compaction never holds up
-/// the node's tasks.
+/// the node's tasks, nor its shutdown (a compaction cut short by the process's exit is one
+/// RocksDB recovers from).
 async fn compact_outcomes(
     storage: Storage,
     partitions: Vec<PartitionId>,
@@ -180,17 +181,21 @@ async fn compact_outcomes(
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let storage = storage.clone();
-        let partitions = partitions.clone();
-        let compacted = tokio::task::spawn_blocking(move || {
+        let (storage, partitions) = (storage.clone(), partitions.clone());
+        let compaction = tokio::task::spawn_blocking(move || {
             partitions
                 .iter()
                 .try_for_each(|&p| storage.compact_outcomes(p))
-        })
-        .await;
-        match compacted {
-            Ok(Ok(())) => debug!("request outcomes compacted"),
-            Ok(Err(e)) => warn!(error = %e, "compacting request outcomes failed"),
+        });
+        let compacted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            compacted = compaction => compacted,
+        };
+        match compacted
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(()) => debug!("request outcomes compacted"),
             Err(e) => warn!(error = %e, "compacting request outcomes failed"),
         }
     }
