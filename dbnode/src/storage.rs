@@ -100,15 +100,15 @@ pub struct Storage {
 /// What storage keeps in memory of one partition.
 struct Slot {
     tally: Mutex<Tally>,
-    /// The applied sequence, for the outcome filter (which runs on RocksDB's threads).
+    /// The applied sequence as stored, shared with the outcome filter (which runs on RocksDB's
+    /// threads); changed only with `tally` locked.
     applied: Arc<AtomicU64>,
 }
 
-/// A partition's applied sequence (as stored) and record counts (counted at open, then kept by
-/// the applies). Only `apply_all` and `reset` change them (one tailer per partition).
+/// A partition's record counts (counted at open, then kept by the applies). Only `apply_all`
+/// and `reset` change them (one tailer per partition).
 #[derive(Debug, Default)]
 struct Tally {
-    applied: u64,
     total: u64,
     groups: HashMap<u32, u64>,
 }
@@ -225,16 +225,15 @@ impl Storage {
         let mut slots = HashMap::new();
         for (p, applied) in applied {
             storage.forget_legacy_keys(p)?;
-            let tally = storage.count_records(p)?;
-            applied.store(tally.applied, Ordering::Relaxed);
-            let tally = Mutex::new(tally);
+            applied.store(storage.applied(p)?, Ordering::Relaxed);
+            let tally = Mutex::new(storage.count_records(p)?);
             slots.insert(p, Slot { tally, applied });
         }
         storage.slots = Arc::new(slots);
         Ok(storage)
     }
 
-    /// Partition `p`'s applied sequence, and its records counted from the group index.
+    /// Partition `p`'s records, counted from the group index.
     fn count_records(&self, p: PartitionId) -> Result<Tally, StorageError> {
         let cf = self.cf(p)?;
         let mut groups = HashMap::new();
@@ -246,12 +245,11 @@ impl Storage {
             let Some(rest) = key.strip_prefix(&b"g"[..]) else {
                 break;
             };
-            let group = rest.get(..4).ok_or(StorageError::BadKey)?;
-            let group = u32::from_be_bytes(group.try_into().map_err(|_| StorageError::BadKey)?);
+            let group = rest.get(..4).and_then(|g| g.try_into().ok());
+            let group = u32::from_be_bytes(group.ok_or(StorageError::BadKey)?);
             *groups.entry(group).or_insert(0) += 1;
         }
         Ok(Tally {
-            applied: self.applied(p)?,
             total: groups.values().sum(),
             groups,
         })
@@ -464,7 +462,8 @@ impl Storage {
     ) -> Result<Option<u64>, StorageError> {
         let cf = self.cf(p)?;
         let mut tally = self.lock_tally(p)?;
-        let mut applied = tally.applied;
+        let stored = &self.slot(p)?.applied;
+        let mut applied = stored.load(Ordering::Relaxed);
         let mut batch = WriteBatch::default();
         // The group of each record as the batch leaves it (`None`: absent), so that a later
         // entry sees an earlier one.
@@ -527,8 +526,7 @@ impl Storage {
         batch.put_cf(cf, APPLIED, applied.to_be_bytes());
         self.db.write(batch)?;
         // Only once stored: a failed write leaves the counts as the records are.
-        tally.applied = applied;
-        self.slot(p)?.applied.store(applied, Ordering::Relaxed);
+        stored.store(applied, Ordering::Relaxed);
         tally.total = tally.total.saturating_add_signed(total);
         for (group, delta) in groups {
             let count = tally.groups.entry(group).or_insert(0);
