@@ -97,6 +97,31 @@ pub struct Storage {
     slots: Arc<HashMap<PartitionId, Slot>>,
 }
 
+/// One log entry for [`Storage::apply_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'e> {
+    /// The entry's sequence.
+    pub seq: u64,
+    /// The entry; `None` steps over its sequence (a check marker, an entry that does not
+    /// decode).
+    pub entry: Option<&'e LogEntry>,
+    /// The caller vouches that the copy holds the record as of the entry's `seq_before`, so
+    /// that its stored group is the entry's `group_before` and is not read. The tailer knows
+    /// it when the copy equals the log's prefix up to a sequence at or past `seq_before`.
+    pub prior_held: bool,
+}
+
+impl<'e> From<(u64, Option<&'e LogEntry>)> for Step<'e> {
+    /// A step that reads the record's stored group.
+    fn from((seq, entry): (u64, Option<&'e LogEntry>)) -> Self {
+        Self {
+            seq,
+            entry,
+            prior_held: false,
+        }
+    }
+}
+
 /// What storage keeps in memory of one partition.
 struct Slot {
     tally: Mutex<Tally>,
@@ -447,18 +472,19 @@ impl Storage {
     }
 
     /// Applies the log entries `entries` (ascending sequences) to partition `p` in one
-    /// `WriteBatch`, so a crash keeps all of them or none; `None` in place of an entry steps
+    /// `WriteBatch`, so a crash keeps all of them or none; a [`Step`] without an entry steps
     /// over its sequence (an entry that does not decode). Entries at or below the applied
     /// sequence are skipped, so re-applying is harmless. Returns the new applied sequence, or
     /// `None` when every entry was skipped. The caller serialises applies per partition.
     ///
     /// Only the keys an entry changes are written: an update that keeps its group touches
     /// neither the group index nor the counts (each key written is one more memtable insert,
-    /// the largest cost of a write here).
-    pub fn apply_all<'e>(
+    /// the largest cost of a write here). The record's stored group is read only when the
+    /// step does not vouch for the entry's `group_before`.
+    pub fn apply_all<'e, S: Into<Step<'e>>>(
         &self,
         p: PartitionId,
-        entries: impl IntoIterator<Item = (u64, Option<&'e LogEntry>)>,
+        entries: impl IntoIterator<Item = S>,
     ) -> Result<Option<u64>, StorageError> {
         let cf = self.cf(p)?;
         let mut tally = self.lock_tally(p)?;
@@ -471,7 +497,12 @@ impl Storage {
         let mut total: i64 = 0;
         let mut groups: HashMap<u32, i64> = HashMap::new();
         let mut moved = false;
-        for (seq, entry) in entries {
+        for step in entries {
+            let Step {
+                seq,
+                entry,
+                prior_held,
+            } = step.into();
             if seq <= applied {
                 continue;
             }
@@ -480,6 +511,7 @@ impl Storage {
             let Some(entry) = entry else { continue };
             let old_group = match records.get(entry.id.as_str()) {
                 Some(&group) => group,
+                None if prior_held => entry.group_before,
                 None => self.get(p, &entry.id)?.map(|v| v.user.group),
             };
             let new_group = entry.record.as_ref().map(|u| u.group);

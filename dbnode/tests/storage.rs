@@ -22,6 +22,7 @@ fn put(id: &str, group: u32, request: &str) -> LogEntry {
         writer: NodeId(0),
         request_id: request.into(),
         group_before: None,
+        seq_before: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn tombstone(id: &str, request: &str) -> LogEntry {
         writer: NodeId(1),
         request_id: request.into(),
         group_before: None,
+        seq_before: None,
     }
 }
 
@@ -477,4 +479,70 @@ fn a_batch_of_entries_leaves_the_state_entry_by_entry_application_does() {
             Some(Reply::written(None, 8))
         );
     }
+}
+
+/// The tailer's shortcut: when the copy is the log's prefix up to an entry's `seq_before`, the
+/// entry's `group_before` stands in for reading the stored record. Applied so, a history the
+/// writer wrote (each entry naming the record's previous entry and group) leaves exactly the
+/// state, counts and group index that reading each record leaves.
+#[test]
+fn trusting_an_entrys_prior_group_leaves_the_state_reading_it_does() {
+    // As the writer appends them: each entry knows its record's previous entry and group.
+    let mut latest: std::collections::HashMap<String, (u64, Option<u32>)> = Default::default();
+    let mut history = history();
+    history.extend([
+        (7, put("c", 3, "r7")),
+        (8, tombstone("c", "r8")),
+        (9, put("c", 1, "r9")),
+        (10, put("b", 4, "r10")), // re-created after its delete
+        (11, put("a", 2, "r11")), // keeps its group
+    ]);
+    for (seq, entry) in &mut history {
+        let (before, group) = latest.get(&entry.id).copied().unwrap_or((0, None));
+        entry.seq_before = Some(before);
+        entry.group_before = group;
+        latest.insert(
+            entry.id.clone(),
+            (*seq, entry.record.as_ref().map(|u| u.group)),
+        );
+    }
+    let (read_dir, trusted_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (read, trusted) = (open(read_dir.path()), open(trusted_dir.path()));
+    for (seq, entry) in &history {
+        read.apply(0, *seq, entry).unwrap();
+    }
+    for chunk in history.chunks(3) {
+        let steps = chunk.iter().map(|(seq, entry)| dbnode::storage::Step {
+            seq: *seq,
+            entry: Some(entry),
+            prior_held: true,
+        });
+        trusted.apply_all(0, steps).unwrap();
+    }
+    // Counted as applied, and again from the group index after a restart.
+    drop(trusted);
+    let reopened = open(trusted_dir.path());
+    for storage in [&read, &reopened] {
+        assert_eq!(storage.count(0, None).unwrap(), 4, "a, b, c, d");
+        for (group, count) in [(1, 2), (2, 1), (3, 0), (4, 1)] {
+            assert_eq!(
+                storage.count(0, Some(group)).unwrap(),
+                count,
+                "group {group}"
+            );
+            let (users, _) = storage.scan(0, None, 100, Some(group), usize::MAX).unwrap();
+            assert_eq!(users.len() as u64, count, "group {group}'s index");
+        }
+    }
+    // The shortcut is taken: a step that vouches for a wrong prior group is believed (the
+    // tailer vouches only for what the log guarantees).
+    let mut wrong = put("d.x ü", 1, "r12");
+    wrong.group_before = Some(4);
+    let step = dbnode::storage::Step {
+        seq: 12,
+        entry: Some(&wrong),
+        prior_held: true,
+    };
+    reopened.apply_all(0, [step]).unwrap();
+    assert_eq!(reopened.count(0, Some(4)).unwrap(), 0, "not read: believed");
 }

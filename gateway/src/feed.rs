@@ -327,6 +327,7 @@ mod tests {
             writer: protocol::NodeId(0),
             request_id: "r".into(),
             group_before,
+            seq_before: None,
         };
         serde_json::to_vec(&entry).unwrap()
     }

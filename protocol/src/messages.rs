@@ -277,6 +277,12 @@ pub struct LogEntry {
     /// before this field was). A change feed filtered by group passes a record that leaves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_before: Option<u32>,
+    /// The sequence of the record's latest log entry before this one, tombstones included (0:
+    /// it had none): the entry was appended on the condition that it still was. `None` in an
+    /// entry written before this field was. A copy that holds the log's prefix up to that
+    /// sequence holds the record as `group_before` describes it, and need not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_before: Option<u64>,
 }
 
 impl LogEntry {

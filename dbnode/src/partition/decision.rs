@@ -100,6 +100,7 @@ pub(super) async fn resolve<L: Log + ?Sized>(
             writer: node,
             request_id: request_id.clone(),
             group_before: base.versioned().map(|v| v.user.group),
+            seq_before: Some(base.seq),
         };
         match decide(base.versioned().as_ref(), kind) {
             Ok(record) => {

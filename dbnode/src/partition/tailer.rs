@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::Partition;
 use crate::log::LogState;
-use crate::storage::StorageError;
+use crate::storage::{Step, StorageError};
 
 /// How often a tailer checks that the log is still the one it applies, and that its consumer
 /// is not silent while the log has moved on.
@@ -208,7 +208,16 @@ async fn tail(
                     );
                     gap = true;
                 }
-                batch.push((seq, decode(p, seq, &message.payload)));
+                let entry = decode(p, seq, &message.payload);
+                // Without a gap the copy is the log's prefix up to `applied`; an entry whose
+                // record's previous entry is within it finds the record as that entry left it
+                // (it was appended on the condition that this was still the latest).
+                let prior_held = !gap
+                    && entry
+                        .as_ref()
+                        .and_then(|e| e.seq_before)
+                        .is_some_and(|before| before <= applied);
+                batch.push((seq, entry, prior_held));
                 applied = seq;
             }
             // Nothing left to deliver: every entry that superseded a skipped one (appended
@@ -249,9 +258,17 @@ fn decode(p: protocol::PartitionId, seq: u64, payload: &[u8]) -> Option<LogEntry
         .ok()
 }
 
-/// Applies `batch` (ascending sequences) in one write and publishes the new applied sequence.
-fn apply(partition: &Partition, batch: &[(u64, Option<LogEntry>)]) -> Result<(), StorageError> {
-    let entries = batch.iter().map(|(seq, entry)| (*seq, entry.as_ref()));
+/// Applies `batch` (ascending sequences; whether the copy holds each entry's record as of its
+/// `seq_before`) in one write and publishes the new applied sequence.
+fn apply(
+    partition: &Partition,
+    batch: &[(u64, Option<LogEntry>, bool)],
+) -> Result<(), StorageError> {
+    let entries = batch.iter().map(|(seq, entry, prior_held)| Step {
+        seq: *seq,
+        entry: entry.as_ref(),
+        prior_held: *prior_held,
+    });
     if let Some(applied) = partition.storage.apply_all(partition.id, entries)? {
         partition.applied.send_replace(applied);
     }

@@ -126,6 +126,7 @@ fn entry(id: &str, name: Option<&str>, request_id: &str) -> LogEntry {
         writer: NodeId(2),
         request_id: request_id.into(),
         group_before: None,
+        seq_before: None,
     }
 }
 
