@@ -1,10 +1,10 @@
 //! Jepsen-style linearizability tests (DESIGN.md "Consistency guarantee"), against real
 //! processes: six clients make creates, reads, updates, `If-Match` updates and deletes of six
-//! records (eighteen on the NATS cluster) through one gateway (`REQUEST_TIMEOUT_MS=1000`)
+//! records (18 or 36 on the NATS cluster) through one gateway (`REQUEST_TIMEOUT_MS=1000`)
 //! while a nemesis injects one kind of fault — kill -9 and restart, SIGSTOP/SIGCONT of a
 //! primary or of a replica, pauses longer than the request timeout and than JetStream's
-//! duplicate window, NATS restarts, and kill -9 of one server of a 3-server NATS cluster
-//! whose logs are replicated on all three. Every operation's invocation, completion and
+//! duplicate window, NATS restarts, and kill -9 or a 6 s SIGSTOP of one server of a 3-server
+//! NATS cluster whose logs are replicated on all three. Every operation's invocation, completion and
 //! outcome is recorded (a timeout or 5xx is "unknown": it may or may not have happened), and
 //! the history of each record is checked for linearizability against a register-with-CAS
 //! model (`integration_tests::checker`).
@@ -24,11 +24,15 @@ use tokio::time::{sleep, Instant};
 
 /// Records the clients work on.
 const KEYS: usize = 6;
-/// Records the clients work on under [`Nemesis::NatsServerKill`]: a NATS election (4–9 s)
+/// Records the clients work on under the NATS-cluster nemeses: a NATS election (4–9 s)
 /// leaves about a hundred writes without an answer, each possibly applied, and with six
 /// records so many open writes on one record can make the checker's search explode (a CI run
 /// did not finish in 300 s); spread over more records, each record's search stays small.
 const KEYS_ON_A_NATS_CLUSTER: usize = 18;
+/// Records the clients work on under [`Nemesis::NatsServerPause`]: while the server a client
+/// is connected to is paused, every request it sends times out (400 unknown writes and reads
+/// in one run of 25 s, whose check took 18 s on eighteen records).
+const KEYS_UNDER_NATS_PAUSES: usize = 36;
 /// Concurrent clients.
 const CLIENTS: usize = 6;
 /// The partition every record is in: db-1 is its primary, db-2 its replica.
@@ -53,6 +57,9 @@ enum Nemesis {
     /// On a 3-server NATS cluster with R3 logs: kill -9 of one server (a log's leader or
     /// a follower), restarted 3 s later.
     NatsServerKill,
+    /// On a 3-server NATS cluster with R3 logs: SIGSTOP of one server for 6 s, past its
+    /// peers' election timeout, so that a paused log leader resumes deposed without knowing it.
+    NatsServerPause,
 }
 
 /// A small deterministic generator (xorshift), seeded per run and printed, so a failing run
@@ -124,7 +131,7 @@ async fn run(nemesis: Nemesis) {
         _ => 120,
     };
     let servers = match nemesis {
-        Nemesis::NatsServerKill => 3,
+        Nemesis::NatsServerKill | Nemesis::NatsServerPause => 3,
         _ => 1,
     };
     let mut cluster = Cluster::builder()
@@ -135,6 +142,7 @@ async fn run(nemesis: Nemesis) {
         .await;
     let records = match nemesis {
         Nemesis::NatsServerKill => KEYS_ON_A_NATS_CLUSTER,
+        Nemesis::NatsServerPause => KEYS_UNDER_NATS_PAUSES,
         _ => KEYS,
     };
     eprintln!("== {nemesis:?}: {CLIENTS} clients on {records} records of P{PARTITION} for {seconds} s, seed {seed}");
@@ -207,6 +215,13 @@ async fn run(nemesis: Nemesis) {
                 cluster.nats_server(server).kill();
                 sleep(Duration::from_millis(3000)).await;
                 cluster.nats_server(server).restart().await;
+            }
+            Nemesis::NatsServerPause => {
+                let server = rng.next(3) as usize;
+                eprintln!("== nemesis: SIGSTOP nats-{server} of the NATS cluster for 6 s");
+                cluster.nats_server(server).pause();
+                sleep(Duration::from_millis(6000)).await;
+                cluster.nats_server(server).resume();
             }
         }
     }
@@ -288,4 +303,9 @@ async fn linearizable_under_nats_restarts() {
 #[tokio::test]
 async fn linearizable_under_nats_server_kills_on_a_nats_cluster() {
     run(Nemesis::NatsServerKill).await;
+}
+
+#[tokio::test]
+async fn linearizable_under_nats_server_pauses_on_a_nats_cluster() {
+    run(Nemesis::NatsServerPause).await;
 }
