@@ -149,6 +149,11 @@ async fn placement(js: &jetstream::Context, p: u32) -> Option<(String, bool)> {
     stream_placement(js, &subjects::stream_name(p)).await
 }
 
+/// The stream behind the Idempotency-Key bucket (JetStream names a bucket's stream `KV_<bucket>`).
+fn key_bucket_stream() -> String {
+    format!("KV_{}", subjects::IDEMPOTENCY_BUCKET)
+}
+
 /// Where stream `name` is led from, and whether its followers are current.
 async fn stream_placement(js: &jetstream::Context, name: &str) -> Option<(String, bool)> {
     let mut stream = js.get_stream(name).await.ok()?;
@@ -163,7 +168,7 @@ async fn stream_placement(js: &jetstream::Context, name: &str) -> Option<(String
 /// Waits until every log, and the Idempotency-Key bucket, has a leader and two current
 /// followers; returns the logs' leaders.
 async fn healthy(js: &jetstream::Context) -> Vec<String> {
-    let keys = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
+    let keys = key_bucket_stream();
     eventually(Duration::from_secs(60), || async {
         stream_placement(js, &keys)
             .await
@@ -193,7 +198,7 @@ async fn leaders_now(js: &jetstream::Context) -> Vec<Option<String>> {
 async fn follower_only(admin: &async_nats::Client, js: &jetstream::Context, victim: usize) {
     let me = format!("nats-{victim}");
     let mut streams: Vec<String> = (0..3).map(subjects::stream_name).collect();
-    streams.push(format!("KV_{}", subjects::IDEMPOTENCY_BUCKET));
+    streams.push(key_bucket_stream());
     for stream in streams {
         eventually(Duration::from_secs(30), || async {
             let (leader, _) = stream_placement(js, &stream).await?;
@@ -365,7 +370,7 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
     let victim = index_of(&leaders[0]);
     // A keyed write needs the key bucket too: when the victim leads it as well, P0's writes
     // wait for the later of the two elections (they are independent, 4-9 s each).
-    let keys = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
+    let keys = key_bucket_stream();
     let keys_led = stream_placement(&js, &keys).await.map(|(l, _)| l) == Some(leaders[0].clone());
     let killed = Instant::now();
     let killed_wall = std::time::SystemTime::now();
@@ -466,7 +471,7 @@ async fn losing_any_one_nats_server_loses_no_acknowledged_write() {
     let victim = 1;
     let me = format!("nats-{victim}");
     let before = leaders_now(&js).await;
-    let keys = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
+    let keys = key_bucket_stream();
     let keys_led = stream_placement(&js, &keys).await.map(|(l, _)| l) == Some(me.clone());
     let paused = Instant::now();
     cluster.nats_server(victim).pause();
