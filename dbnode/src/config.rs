@@ -41,6 +41,14 @@ pub struct Config {
     /// The most write outcomes kept per partition.
     #[arg(long, env = "OUTCOME_KEEP_WRITES", default_value_t = 1_000_000)]
     pub outcome_keep_writes: u64,
+    /// Threads that run the node's tasks: 1 (the default) runs them all on the main thread, N
+    /// on a pool of N, 0 on one per core. A node's work is a chain of short steps (request,
+    /// writer, log append, acknowledgement, tailer, reply), each waking the next; on one thread
+    /// none of those wake-ups crosses threads, and the node spends 13–15 % less CPU per write
+    /// and 24 % less per read than on two (BENCHMARKS.md). RocksDB's compactions and the
+    /// outcome compaction run on threads of their own either way.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
     /// Do not run: exit 0 if the live node with this id is ready, 1 otherwise (for container
     /// healthchecks).
     #[arg(long)]

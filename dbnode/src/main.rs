@@ -1,12 +1,29 @@
-//! `dbnode`: parse the configuration, set up logging, run until SIGINT/SIGTERM.
+//! `dbnode`: parse the configuration, start the async runtime (`WORKER_THREADS`), set up
+//! logging, run until SIGINT/SIGTERM.
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let config = dbnode::Config::parse();
+    let mut builder = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if config.worker_threads > 1 {
+        builder.worker_threads(config.worker_threads);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => {
+            eprintln!("dbnode: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: dbnode::Config) -> std::process::ExitCode {
     // First of all, so that a SIGTERM at any later point is a graceful shutdown.
     let signals = runtime::Signals::install();
-    let config = dbnode::Config::parse();
     if config.check {
         return match dbnode::check(&config).await {
             true => std::process::ExitCode::SUCCESS,
