@@ -106,7 +106,7 @@ impl Recorder {
         call: Call,
     ) -> Outcome {
         let invoked = self.now();
-        let outcome = send(http, base, key, &call).await;
+        let (outcome, retry_after) = send(http, base, key, &call).await;
         let completed = self.now();
         let operation = Operation {
             client,
@@ -120,6 +120,12 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(operation);
+        // The client honours `Retry-After`, as an HTTP client should: one that did not would
+        // answer an outage with hundreds of requests failing at once (2,758 unknown outcomes
+        // in one 25 s run under NATS-server pauses), each an open write for the checker.
+        if let Some(wait) = retry_after {
+            tokio::time::sleep(wait).await;
+        }
         outcome
     }
 
@@ -134,8 +140,17 @@ impl Recorder {
 
 /// How long a client waits for any answer before it records the operation as unknown.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `Retry-After` a client honours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(2);
 
-async fn send(http: &reqwest::Client, base: &str, key: &str, call: &Call) -> Outcome {
+/// Performs `call`: its outcome, and how long the answer asked the client to wait before its
+/// next request (`Retry-After`, in seconds, capped at [`MAX_RETRY_AFTER`]).
+async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    call: &Call,
+) -> (Outcome, Option<Duration>) {
     let url = format!("{base}{}", user_path(key));
     let merge = "application/merge-patch+json";
     let request = match call {
@@ -155,8 +170,18 @@ async fn send(http: &reqwest::Client, base: &str, key: &str, call: &Call) -> Out
         Call::Delete => http.delete(&url),
     };
     let Ok(response) = request.timeout(CLIENT_TIMEOUT).send().await else {
-        return Outcome::Unknown;
+        return (Outcome::Unknown, None);
     };
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    (outcome(call, response).await, retry_after)
+}
+
+/// What `response` says of `call`.
+async fn outcome(call: &Call, response: reqwest::Response) -> Outcome {
     let status = response.status();
     let version = crate::etag_of(response.headers()).unwrap_or(0);
     match (call, status) {

@@ -5,7 +5,8 @@
 //! primary or of a replica, pauses longer than the request timeout and than JetStream's
 //! duplicate window, NATS restarts, and kill -9 or a 6 s SIGSTOP of one server of a 3-server
 //! NATS cluster whose logs are replicated on all three. Every operation's invocation, completion and
-//! outcome is recorded (a timeout or 5xx is "unknown": it may or may not have happened), and
+//! outcome is recorded (a timeout or 5xx is "unknown": it may or may not have happened; a
+//! client waits out a `Retry-After` before its next request), and
 //! the history of each record is checked for linearizability against a register-with-CAS
 //! model (`integration_tests::checker`).
 //!
@@ -30,8 +31,10 @@ const KEYS: usize = 6;
 /// did not finish in 300 s); spread over more records, each record's search stays small.
 const KEYS_ON_A_NATS_CLUSTER: usize = 18;
 /// Records the clients work on under [`Nemesis::NatsServerPause`]: while the server a client
-/// is connected to is paused, every request it sends times out (400 unknown writes and reads
-/// in one run of 25 s, whose check took 18 s on eighteen records).
+/// is connected to is paused, every request it sends fails without a definite answer (400
+/// unknown outcomes in one run of 25 s, whose check took 18 s on eighteen records). The search
+/// grows exponentially with a record's open writes; since clients honour `Retry-After`
+/// ([`Recorder::perform`]) a run has about a hundred, a few per record here.
 const KEYS_UNDER_NATS_PAUSES: usize = 36;
 /// Concurrent clients.
 const CLIENTS: usize = 6;
