@@ -5,13 +5,16 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let config = dbnode::Config::parse();
+    use tokio::runtime::Builder;
     let mut builder = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        0 => Builder::new_multi_thread(),
+        1 => Builder::new_current_thread(),
+        n => {
+            let mut pool = Builder::new_multi_thread();
+            pool.worker_threads(n);
+            pool
+        }
     };
-    if config.worker_threads > 1 {
-        builder.worker_threads(config.worker_threads);
-    }
     match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(serve(config)),
         Err(e) => {
