@@ -25,17 +25,17 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A request id as the gateway makes one, a UUID v7 (time-ordered); with
-/// `APPLY_REQUEST_IDS=v4` a random UUID, with `=counter` a counter.
-fn request_id(request: u64) -> String {
-    match std::env::var("APPLY_REQUEST_IDS").as_deref() {
-        Ok("v4") => uuid::Uuid::new_v4().to_string(),
-        Ok("counter") => format!("req-{request:016x}"),
+/// Request id number `request` of kind `ids` (`APPLY_REQUEST_IDS`): a UUID v7 (time-ordered)
+/// as the gateway makes one, by default; `v4` a random UUID; `counter` a counter.
+fn request_id(ids: &str, request: u64) -> String {
+    match ids {
+        "v4" => uuid::Uuid::new_v4().to_string(),
+        "counter" => format!("req-{request:016x}"),
         _ => uuid::Uuid::now_v7().to_string(),
     }
 }
 
-fn entry(id: u64, group: Option<u32>, request: u64) -> LogEntry {
+fn entry(id: u64, group: Option<u32>, request_id: String) -> LogEntry {
     let id = format!("u{id}");
     LogEntry {
         record: group.map(|group| User {
@@ -46,7 +46,7 @@ fn entry(id: u64, group: Option<u32>, request: u64) -> LogEntry {
         }),
         id,
         writer: NodeId(0),
-        request_id: request_id(request),
+        request_id,
         group_before: None,
         seq_before: None,
     }
@@ -67,6 +67,7 @@ impl Rng {
 fn main() {
     let users = env("APPLY_USERS", 10_000);
     let count = env("APPLY_ENTRIES", 200_000);
+    let ids = std::env::var("APPLY_REQUEST_IDS").unwrap_or_default();
     let dir = tempfile::tempdir().expect("a temp dir");
     let storage = Storage::open(dir.path(), &[0], Default::default()).expect("storage");
     let mut seq = 0;
@@ -76,7 +77,7 @@ fn main() {
     let mut next = |id, group| {
         seq += 1;
         request += 1;
-        let mut entry = entry(id, group, request);
+        let mut entry = entry(id, group, request_id(&ids, request));
         let (before, group_before) = latest.insert(id, (seq, group)).unwrap_or((0, None));
         entry.seq_before = Some(before);
         entry.group_before = group_before;

@@ -2,10 +2,10 @@
 //! logging, run until SIGINT/SIGTERM.
 
 use clap::Parser;
+use tokio::runtime::Builder;
 
 fn main() -> std::process::ExitCode {
     let config = dbnode::Config::parse();
-    use tokio::runtime::Builder;
     let mut builder = match config.worker_threads {
         0 => Builder::new_multi_thread(),
         1 => Builder::new_current_thread(),
