@@ -164,7 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: Arc::new(store),
         metrics,
         presence,
-        keys: idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
+        keys: Arc::new(idempotency::Retrying::new(
+            idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
+            config.request_timeout(),
+        )),
         keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
         max_concurrent: config.max_concurrent_requests,
         max_request: config.max_request(),

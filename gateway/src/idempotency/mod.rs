@@ -31,9 +31,11 @@ use crate::routes::AppState;
 
 mod memory;
 mod nats;
+mod retrying;
 
 pub use memory::MemoryKeys;
 pub use nats::NatsKeys;
+pub use retrying::Retrying;
 
 /// The longest `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
@@ -63,6 +65,11 @@ pub struct KeyRecord {
     started: u64,
     /// Its response, once it has one.
     response: Option<StoredResponse>,
+    /// A random token of the request that holds the key: a claim sent again after its first
+    /// attempt's answer was lost (its NATS connection died) finds its own token and knows the
+    /// key is its own, not another request's in progress.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    claim: String,
 }
 
 /// The idempotency-key store could not be reached.
@@ -118,6 +125,7 @@ async fn claim(
         fingerprint: fingerprint.to_owned(),
         started: now,
         response: None,
+        claim: uuid::Uuid::new_v4().to_string(),
     };
     for _ in 0..3 {
         if let Some(revision) = store.create(key, &pending).await? {
@@ -131,6 +139,9 @@ async fn claim(
         }
         if let Some(response) = found.response {
             return Ok(Claim::Replay(response));
+        }
+        if found.claim == pending.claim {
+            return Ok(Claim::Owner(revision)); // an earlier attempt of ours landed
         }
         if now.saturating_sub(found.started) < abandoned_after.as_millis() as u64 {
             return Ok(Claim::InUse);
@@ -241,6 +252,7 @@ pub async fn idempotent(
         fingerprint,
         started: protocol::timing::now_ms(),
         response: Some(stored),
+        claim: String::new(),
     };
     if let Err(e) = state.keys.update(&store_key, &done, revision).await {
         // A retry finds the key pending, then abandoned, and performs the request again under

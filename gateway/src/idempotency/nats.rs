@@ -1,7 +1,6 @@
 //! [`NatsKeys`]: idempotency keys in the JetStream KV bucket
 //! [`protocol::subjects::IDEMPOTENCY_BUCKET`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -15,14 +14,15 @@ pub struct NatsKeys {
 }
 
 impl NatsKeys {
-    /// Keys over `client`, each operation under `timeout`.
-    pub fn new(client: async_nats::Client, timeout: Duration) -> Arc<Self> {
+    /// Keys over `client`, each operation under `timeout` (wrap them in
+    /// [`super::Retrying`] to send one that got no answer again).
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(timeout);
-        Arc::new(Self {
+        Self {
             js,
             bucket: tokio::sync::OnceCell::new(),
-        })
+        }
     }
 
     async fn bucket(&self) -> Result<&async_nats::jetstream::kv::Store, KeyStoreError> {
