@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod config;
+pub mod disconnects;
 mod error;
 mod extract;
 pub mod feed;
@@ -42,6 +43,7 @@ pub use routes::AppState;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::disconnects::Disconnects;
 use crate::nats_store::NatsStore;
 use crate::presence::PresenceTable;
 
@@ -105,12 +107,17 @@ pub fn app(state: AppState) -> App {
 }
 
 /// Connects to NATS, retrying in the background until a server is reachable.
-async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+async fn connect(config: &Config, disconnects: Disconnects) -> anyhow::Result<async_nats::Client> {
     let options = config
         .nats
         .options("ringstore-gateway")
         .retry_on_initial_connect()
-        .event_callback(|event| async move { info!(%event, "nats") });
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                disconnects.note();
+            }
+            async move { info!(%event, "nats") }
+        });
     config
         .nats
         .connect(options)
@@ -140,7 +147,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             None
         }
     };
-    let client = connect(&config).await?;
+    let disconnects = Disconnects::default();
+    let client = connect(&config, disconnects.clone()).await?;
     let presence = Arc::new(PresenceTable::default());
     let follower = tokio::spawn(presence.clone().follow(client.clone(), shutdown.clone()));
     let metrics = Arc::new(Metrics::default());
@@ -159,6 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.read_from,
         presence.clone(),
         metrics.clone(),
+        disconnects.clone(),
     );
     let state = AppState {
         store: Arc::new(store),
@@ -167,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: Arc::new(idempotency::Retrying::new(
             idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
             config.request_timeout(),
+            disconnects.clone(),
         )),
         keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
         max_concurrent: config.max_concurrent_requests,

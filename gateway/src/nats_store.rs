@@ -13,6 +13,7 @@ use protocol::{
 };
 
 use crate::config::ReadFrom;
+use crate::disconnects::Disconnects;
 use crate::list::{merge, Page, PartitionPage};
 use crate::metrics::Metrics;
 use crate::presence::PresenceTable;
@@ -38,6 +39,7 @@ pub struct NatsStore {
     /// is served by a copy behind it.
     floors: Vec<Mutex<Floor>>,
     metrics: Arc<Metrics>,
+    disconnects: Disconnects,
 }
 
 impl NatsStore {
@@ -49,6 +51,7 @@ impl NatsStore {
         read_from: ReadFrom,
         presence: Arc<PresenceTable>,
         metrics: Arc<Metrics>,
+        disconnects: Disconnects,
     ) -> Self {
         let floors = map.all().map(|_| Mutex::default()).collect();
         Self {
@@ -59,6 +62,7 @@ impl NatsStore {
             presence,
             floors,
             metrics,
+            disconnects,
         }
     }
 
@@ -133,7 +137,10 @@ impl NatsStore {
         let deadline = Instant::now() + self.timeout;
         let targets = self.targets(p, op);
         let mut failure = TransportError::NoResponders;
-        for (i, &role) in targets.iter().enumerate() {
+        let mut resent = false;
+        let mut i = 0;
+        while i < targets.len() {
+            let role = targets[i];
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
@@ -146,13 +153,25 @@ impl NatsStore {
             let request = async_nats::Request::new()
                 .payload(payload(timing::deadline_in(share)))
                 .timeout(None);
+            let lost = self.disconnects.next();
             let call = self
                 .client
                 .send_request(subjects::request(p, role, op), request);
-            let outcome = match tokio::time::timeout(share, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(RequestErrorKind::TimedOut.into()),
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(share, call) => match outcome {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(RequestErrorKind::TimedOut.into()),
+                },
+                // The request or its reply went down with the connection: send it again, to
+                // the same copy, at once (once per call; request ids make a write's second
+                // copy harmless).
+                () = lost, if !resent => {
+                    resent = true;
+                    self.metrics.observe_nats(op.as_str(), role.as_str(), "lost", started);
+                    continue;
+                }
             };
+            i += 1;
             let observe = |outcome| {
                 self.metrics
                     .observe_nats(op.as_str(), role.as_str(), outcome, started)

@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{KeyRecord, KeyStore, KeyStoreError};
+use crate::disconnects::Disconnects;
 
 /// How many times an operation is sent, each with an equal share of what is left of the budget.
 const ATTEMPTS: u32 = 2;
@@ -18,18 +19,25 @@ const ATTEMPTS: u32 = 2;
 /// client reconnects to another server at once, but nothing answers the lost request, and
 /// waiting for the whole budget would stall every keyed write that had one in flight (a 2 s
 /// gap, seen when a follower of the key bucket was killed). With two attempts the stall is
-/// half the budget, as for the partition calls' two copies. Every operation is safe to send
+/// half the budget, as for the partition calls' two copies, and when the gateway saw its
+/// connection die ([`Disconnects`]) it is sent again at once. Every operation is safe to send
 /// again: a create or update that landed but whose answer was lost is recognised by the
 /// claim token ([`KeyRecord::claim`]), a delete is idempotent, a read has no effect.
 pub struct Retrying<S> {
     inner: S,
     budget: Duration,
+    disconnects: Disconnects,
 }
 
 impl<S: KeyStore> Retrying<S> {
-    /// `inner`'s operations, each given `budget` in all.
-    pub fn new(inner: S, budget: Duration) -> Self {
-        Self { inner, budget }
+    /// `inner`'s operations, each given `budget` in all, sent again at once after one of
+    /// `disconnects`.
+    pub fn new(inner: S, budget: Duration, disconnects: Disconnects) -> Self {
+        Self {
+            inner,
+            budget,
+            disconnects,
+        }
     }
 
     async fn attempts<'a, T, F>(
@@ -42,15 +50,28 @@ impl<S: KeyStore> Retrying<S> {
     {
         let deadline = Instant::now() + self.budget;
         let mut failure = KeyStoreError(format!("{what}: no time left"));
-        for left in (1..=ATTEMPTS).rev() {
+        let mut left = ATTEMPTS;
+        let mut resent = false;
+        while left > 0 {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
-            match tokio::time::timeout(remaining / left, attempt(&self.inner)).await {
-                Ok(Ok(done)) => return Ok(done),
-                Ok(Err(e)) => failure = e,
-                Err(_) => failure = KeyStoreError(format!("{what}: no answer")),
+            let lost = self.disconnects.next();
+            tokio::select! {
+                outcome = tokio::time::timeout(remaining / left, attempt(&self.inner)) => {
+                    match outcome {
+                        Ok(Ok(done)) => return Ok(done),
+                        Ok(Err(e)) => failure = e,
+                        Err(_) => failure = KeyStoreError(format!("{what}: no answer")),
+                    }
+                    left -= 1;
+                }
+                // Once per operation: the attempt went down with the connection.
+                () = lost, if !resent => {
+                    resent = true;
+                    failure = KeyStoreError(format!("{what}: connection lost"));
+                }
             }
         }
         Err(failure)
@@ -161,7 +182,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_claim_whose_first_answer_was_lost_owns_the_key_within_half_the_budget() {
-        let store = Retrying::new(Lossy::new(1), BUDGET);
+        let store = Retrying::new(Lossy::new(1), BUDGET, Disconnects::default());
         let started = Instant::now();
         let claimed = claim(&store, "k", "fingerprint", BUDGET).await;
         assert!(
@@ -172,8 +193,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_operation_lost_with_the_connection_is_sent_again_at_once() {
+        let disconnects = Disconnects::default();
+        let store = Retrying::new(Lossy::new(1), BUDGET, disconnects.clone());
+        let started = Instant::now();
+        let claiming = claim(&store, "k", "fingerprint", BUDGET);
+        let dropped = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            disconnects.note();
+            std::future::pending::<()>().await
+        };
+        let claimed = tokio::select! {
+            claimed = claiming => claimed,
+            () = dropped => unreachable!(),
+        };
+        assert!(matches!(claimed, Ok(Claim::Owner(_))));
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn another_requests_claim_is_still_in_use() {
-        let store = Retrying::new(Lossy::new(0), BUDGET);
+        let store = Retrying::new(Lossy::new(0), BUDGET, Disconnects::default());
         assert!(matches!(
             claim(&store, "k", "fingerprint", BUDGET).await,
             Ok(Claim::Owner(_))
@@ -186,7 +226,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_store_that_never_answers_fails_at_the_end_of_the_budget() {
-        let store = Retrying::new(Lossy::new(u32::MAX), BUDGET);
+        let store = Retrying::new(Lossy::new(u32::MAX), BUDGET, Disconnects::default());
         let started = Instant::now();
         let claimed = claim(&store, "k", "fingerprint", BUDGET).await;
         assert!(claimed.is_err());
