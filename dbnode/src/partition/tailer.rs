@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use protocol::LogEntry;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,11 @@ use crate::storage::{Step, StorageError};
 
 /// How often a tailer checks that the log is still the one it applies, and that its consumer
 /// is not silent while the log has moved on.
-const IDENTITY_CHECK: Duration = Duration::from_secs(1);
+const IDENTITY_CHECK: Duration = Duration::from_millis(500);
+/// How many identity checks may wait for an answer at once: one sent while the log's leader is
+/// being re-elected can wait the whole log timeout, and the one sent just after the election
+/// must not wait behind it.
+const CHECKS_IN_FLIGHT: usize = 3;
 /// How long a consumer may deliver nothing while the log holds entries past the copy before
 /// the tailer replaces it.
 const STALL: Duration = Duration::from_secs(1);
@@ -40,21 +45,32 @@ const STALL: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// How long a tailer waits before trying again when the log cannot be read.
 const RETRY: Duration = Duration::from_secs(1);
+/// The first wait before creating a consumer again on a log that could be read (a new leader
+/// not ready for consumers yet), doubled on each failure in a row up to [`RETRY`].
+const RETRY_CONSUMER: Duration = Duration::from_millis(100);
 
 /// Applies the log to `partition`'s copy until `shutdown`.
 pub(super) async fn run(partition: Arc<Partition>, shutdown: CancellationToken) {
+    let mut consumer_pause = RETRY_CONSUMER;
     while !shutdown.is_cancelled() {
-        let Some((state, _)) = check_identity(&partition).await else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RETRY) => continue,
-            }
+        let pause = match check_identity(&partition).await {
+            None => RETRY,
+            Some((state, _)) => match tail(&partition, state, &shutdown).await {
+                Ok(()) | Err(Retail::AtOnce) => {
+                    consumer_pause = RETRY_CONSUMER;
+                    continue;
+                }
+                Err(Retail::AfterPause) => RETRY,
+                Err(Retail::NoConsumer) => {
+                    let pause = consumer_pause;
+                    consumer_pause = (consumer_pause * 2).min(RETRY);
+                    pause
+                }
+            },
         };
-        if let Err(Retail::AfterPause) = tail(&partition, state, &shutdown).await {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RETRY) => {}
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -117,6 +133,8 @@ enum Retail {
     AfterPause,
     /// At once: the consumer fell silent while the log moved on.
     AtOnce,
+    /// Soon: the log could be read but no consumer created on it.
+    NoConsumer,
 }
 
 /// One consumer session, from the applied sequence on, until an error, a changed log or
@@ -132,7 +150,7 @@ async fn tail(
         Ok(entries) => entries.ready_chunks(BATCH),
         Err(e) => {
             warn!(partition = p, error = %e, "cannot tail the log; retrying");
-            return Err(Retail::AfterPause);
+            return Err(Retail::NoConsumer);
         }
     };
     debug!(partition = p, from, "tailing the log");
@@ -142,21 +160,22 @@ async fn tail(
     let mut gap = partition.readable() < applied && applied < state.last;
     settle(partition, gap);
     let mut check = tokio::time::interval(IDENTITY_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
-    // The identity check runs beside the tailing, never in its way: on a NATS cluster whose
-    // stream or meta leader is being re-elected, reading the log's state can take the whole
-    // log timeout while entries keep arriving.
-    let mut checking = None;
+    // Identity checks run beside the tailing, never in its way, and beside one another: on a
+    // NATS cluster whose stream or meta leader is being re-elected, reading the log's state can
+    // take the whole log timeout while entries keep arriving, and a check sent once the new
+    // leader is there answers at once.
+    let mut checking = FuturesUnordered::new();
     let mut delivered = tokio::time::Instant::now();
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = check.tick(), if checking.is_none() => {
-                checking = Some(Box::pin(check_identity(partition)));
+            _ = check.tick(), if checking.len() < CHECKS_IN_FLIGHT => {
+                checking.push(check_identity(partition));
                 continue;
             }
-            checked = async { checking.as_mut().expect("guarded").await }, if checking.is_some() => {
-                checking = None;
+            Some(checked) = checking.next(), if !checking.is_empty() => {
                 match checked {
                     Some((now, false)) if now.epoch == state.epoch => {
                         let applied = partition.applied();
