@@ -7,8 +7,8 @@ use tokio::sync::watch;
 
 /// Counts the gateway's NATS disconnections. A request in flight on a connection that died is
 /// lost with it (the request, or its reply, went down with the socket): the client reconnects
-/// to another server at once, and a request that watches [`Disconnects::next`] is sent again
-/// at once instead of waiting out its share of the budget.
+/// to another server at once, and a request run through [`Disconnects::unless_lost`] is sent
+/// again at once instead of waiting out its share of the budget.
 #[derive(Clone)]
 pub struct Disconnects(Arc<watch::Sender<u64>>);
 
@@ -24,9 +24,18 @@ impl Disconnects {
         self.0.send_modify(|n| *n += 1);
     }
 
-    /// Resolves at the first disconnection after this call (not when awaited): take it before
-    /// sending the request it guards.
-    pub fn next(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// Runs `request` to its end, or until the connection dies first: `None` then (the request,
+    /// or its reply, went down with it). Watches from before `request` is first polled.
+    pub async fn unless_lost<T>(&self, request: impl Future<Output = T>) -> Option<T> {
+        let lost = self.next();
+        tokio::select! {
+            done = request => Some(done),
+            () = lost => None,
+        }
+    }
+
+    /// Resolves at the first disconnection after this call (not when awaited).
+    fn next(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut noted = self.0.subscribe();
         async move {
             if noted.changed().await.is_err() {

@@ -153,24 +153,26 @@ impl NatsStore {
             let request = async_nats::Request::new()
                 .payload(payload(timing::deadline_in(share)))
                 .timeout(None);
-            let lost = self.disconnects.next();
-            let call = self
-                .client
-                .send_request(subjects::request(p, role, op), request);
-            let outcome = tokio::select! {
-                outcome = tokio::time::timeout(share, call) => match outcome {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(RequestErrorKind::TimedOut.into()),
-                },
+            let call = tokio::time::timeout(
+                share,
+                self.client
+                    .send_request(subjects::request(p, role, op), request),
+            );
+            let answered = if resent {
+                Some(call.await)
+            } else {
+                self.disconnects.unless_lost(call).await
+            };
+            let Some(answered) = answered else {
                 // The request or its reply went down with the connection: send it again, to
                 // the same copy, at once (once per call; request ids make a write's second
                 // copy harmless).
-                () = lost, if !resent => {
-                    resent = true;
-                    self.metrics.observe_nats(op.as_str(), role.as_str(), "lost", started);
-                    continue;
-                }
+                resent = true;
+                self.metrics
+                    .observe_nats(op.as_str(), role.as_str(), "lost", started);
+                continue;
             };
+            let outcome = answered.unwrap_or_else(|_| Err(RequestErrorKind::TimedOut.into()));
             i += 1;
             let observe = |outcome| {
                 self.metrics

@@ -57,22 +57,24 @@ impl<S: KeyStore> Retrying<S> {
             if remaining.is_zero() {
                 break;
             }
-            let lost = self.disconnects.next();
-            tokio::select! {
-                outcome = tokio::time::timeout(remaining / left, attempt(&self.inner)) => {
-                    match outcome {
-                        Ok(Ok(done)) => return Ok(done),
-                        Ok(Err(e)) => failure = e,
-                        Err(_) => failure = KeyStoreError(format!("{what}: no answer")),
-                    }
-                    left -= 1;
-                }
-                // Once per operation: the attempt went down with the connection.
-                () = lost, if !resent => {
+            let sent = tokio::time::timeout(remaining / left, attempt(&self.inner));
+            let answered = if resent {
+                Some(sent.await)
+            } else {
+                self.disconnects.unless_lost(sent).await
+            };
+            match answered {
+                Some(Ok(Ok(done))) => return Ok(done),
+                Some(Ok(Err(e))) => failure = e,
+                Some(Err(_)) => failure = KeyStoreError(format!("{what}: no answer")),
+                // Once per operation, and at once: the attempt went down with the connection.
+                None => {
                     resent = true;
                     failure = KeyStoreError(format!("{what}: connection lost"));
+                    continue;
                 }
             }
+            left -= 1;
         }
         Err(failure)
     }
