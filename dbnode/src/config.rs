@@ -38,6 +38,12 @@ pub struct Config {
     /// key bucket; applies when this node creates it).
     #[arg(long, env = "IDEMPOTENCY_KEY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_key_ttl_secs: u64,
+    /// The most bytes the Idempotency-Key bucket may hold (keys, fingerprints and first
+    /// responses; applies when this node creates it). At the bound a request with a new key is
+    /// answered 507 and not done; requests without a key, and retries of kept keys, go on. The
+    /// bucket's share of JetStream's store is bounded so that keys can never crowd out the logs.
+    #[arg(long, env = "IDEMPOTENCY_KEY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub idempotency_key_max_bytes: i64,
     /// The most write outcomes kept per partition.
     #[arg(long, env = "OUTCOME_KEEP_WRITES", default_value_t = 1_000_000)]
     pub outcome_keep_writes: u64,
@@ -58,6 +64,11 @@ pub struct Config {
     /// that may create streams (`admin` in nats.conf); the nodes' own identities may not.
     #[arg(long, conflicts_with = "check")]
     pub provision: bool,
+    /// Do not run: print the NATS server configuration (accounts, identities and their
+    /// permissions) for a ring of `PARTITIONS`, and exit. The repository's `nats.conf` is this
+    /// output for the default ring (`scripts/nats-conf` writes it).
+    #[arg(long, conflicts_with_all = ["check", "provision"])]
+    pub nats_conf: bool,
     /// How long `--provision` keeps retrying (NATS unreachable, no JetStream leader yet, a
     /// refused login) before it gives up and exits 1.
     #[arg(long, env = "PROVISION_TIMEOUT_SECS", default_value_t = 120)]

@@ -114,8 +114,9 @@ async fn open_key_bucket(
 ) -> Option<()> {
     let ttl = Duration::from_secs(config.idempotency_key_ttl_secs);
     let replicas = usize::from(config.stream_replicas);
+    let max_bytes = config.idempotency_key_max_bytes;
     retry("opening the idempotency-key bucket", shutdown, || {
-        log::ensure_idempotency_bucket(client, ttl, replicas)
+        log::ensure_idempotency_bucket(client, ttl, max_bytes, replicas)
     })
     .await
 }

@@ -5,16 +5,16 @@
 //! The writer sees the log through the [`Log`] trait (conditional append, a record's latest
 //! entry, the duplicate-window probe), so that its interleavings can be tested against an
 //! in-memory log; [`PartitionLog`] is the JetStream implementation, which also serves the
-//! tailer (a consumer from a sequence on) and the log's identity.
+//! tailer (direct reads from a sequence on, and the commit hints the stream republishes) and
+//! the log's identity.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{push, DeliverPolicy},
     context::PublishErrorKind,
     message::PublishMessage,
-    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType},
+    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, Republish, StorageType},
 };
 use futures::future::BoxFuture;
 use protocol::{subjects, LogEntry, PartitionId};
@@ -115,6 +115,11 @@ impl PartitionLog {
             allow_direct: true,
             duplicate_window: dedupe,
             num_replicas: replicas,
+            republish: Some(Republish {
+                source: subjects::log_filter(partition),
+                destination: subjects::committed_filter(partition),
+                headers_only: true,
+            }),
             ..Default::default()
         }
     }
@@ -136,7 +141,17 @@ impl PartitionLog {
             .get_or_create_stream(wanted.clone())
             .await
             .map_err(unavailable)?;
-        let found = &stream.cached_info().config;
+        let mut found = stream.cached_info().config.clone();
+        if found.republish != wanted.republish {
+            // A log made before reads followed commit hints: where this identity may (as
+            // `--provision` does), the hints are added; elsewhere the check below refuses it.
+            let mut upgraded = found.clone();
+            upgraded.republish = wanted.republish.clone();
+            if let Ok(info) = js.update_stream(&upgraded).await {
+                found = info.config;
+            }
+        }
+        let found = &found;
         let mut wrong = Vec::new();
         let mut check = |what: &str, ok: bool, found: String| {
             if !ok {
@@ -169,6 +184,11 @@ impl PartitionLog {
             format!("{:?}", found.max_age),
         );
         check("sealed", !found.sealed, found.sealed.to_string());
+        check(
+            "republish",
+            found.republish == wanted.republish,
+            format!("{:?}", found.republish),
+        );
         check(
             "allow_direct",
             found.allow_direct,
@@ -266,36 +286,32 @@ impl PartitionLog {
         Ok(self.state().await?.last)
     }
 
-    /// Every entry from sequence `from` on, in order, and then new ones as they are appended.
-    /// The consumer recreates itself after reconnects; its errors are not terminal.
-    pub async fn tail(&self, from: u64) -> Result<push::Ordered, LogError> {
-        let stream = self
-            .js
-            .get_stream(subjects::stream_name(self.partition))
+    /// A reader of the log by direct gets ([`runtime::LogReader`]): the tailer reads the log
+    /// this way, never through a consumer.
+    pub async fn reader(&self) -> Result<runtime::LogReader, LogError> {
+        runtime::LogReader::open(self.client.clone(), self.partition, LOG_TIMEOUT)
             .await
-            .map_err(unavailable)?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subject: subjects::log_filter(self.partition),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
+            .map_err(unavailable)
+    }
+
+    /// The log's commit hints ([`subjects::committed_filter`]): a message soon after every
+    /// entry the log stores, naming its sequence.
+    pub async fn hints(&self) -> Result<async_nats::Subscriber, LogError> {
+        self.client
+            .subscribe(subjects::committed_filter(self.partition))
             .await
-            .map_err(unavailable)?;
-        consumer.messages().await.map_err(unavailable)
+            .map_err(unavailable)
     }
 }
 
 /// Creates the bucket of `Idempotency-Key`s if it does not exist yet, forgetting keys after
-/// `ttl`, with `replicas` copies like the logs (on a NATS cluster, a bucket on one server would
+/// `ttl`, holding at most `max_bytes`, with `replicas` copies like the logs (on a NATS cluster, a bucket on one server would
 /// stop every keyed write when that server does); refuses one with fewer copies. The gateways
 /// use it; this node only provisions it.
 pub async fn ensure_idempotency_bucket(
     client: &async_nats::Client,
     ttl: Duration,
+    max_bytes: i64,
     replicas: usize,
 ) -> Result<(), LogError> {
     let js = jetstream::new(client.clone());
@@ -308,6 +324,7 @@ pub async fn ensure_idempotency_bucket(
                     .to_owned(),
                 history: 1,
                 max_age: ttl,
+                max_bytes,
                 storage: StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
@@ -315,13 +332,24 @@ pub async fn ensure_idempotency_bucket(
             .await
             .map_err(unavailable)?,
     };
-    let found = store
-        .status()
-        .await
-        .map_err(unavailable)?
-        .info
-        .config
-        .num_replicas;
+    let mut config = store.status().await.map_err(unavailable)?.info.config;
+    if config.max_bytes < 0 {
+        // A bucket made before keys were bounded: where this identity may (as `--provision`
+        // does), the bound is added.
+        let mut bounded = config.clone();
+        bounded.max_bytes = max_bytes;
+        if let Ok(info) = js.update_stream(&bounded).await {
+            config = info.config;
+        }
+    }
+    if config.max_bytes < 0 {
+        return Err(LogError(format!(
+            "the Idempotency-Key bucket has no size limit: bound it (as admin: `max_bytes`, \
+             e.g. {max_bytes}) or provision it again; unbounded, keys could fill the store the \
+             logs need"
+        )));
+    }
+    let found = config.num_replicas;
     if found.max(1) < replicas.max(1) {
         return Err(LogError(format!(
             "the Idempotency-Key bucket has {found} replica(s), fewer than STREAM_REPLICAS \

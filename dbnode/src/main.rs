@@ -25,6 +25,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: dbnode::Config) -> std::process::ExitCode {
+    if config.nats_conf {
+        print!(
+            "{}",
+            protocol::access::render(&protocol::PartitionMap::new(config.partitions))
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
     // First of all, so that a SIGTERM at any later point is a graceful shutdown.
     let signals = runtime::Signals::install();
     if config.check {

@@ -77,12 +77,14 @@ async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]
 
 async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: Request) {
     // A dbnode may publish into the partition logs: an answer addressed anywhere but a
-    // requester's inbox (a log subject, say) could overwrite a record's only log entry.
+    // requester's inbox (a log subject, say) could overwrite a record's only log entry. A
+    // request without a reply subject (a message the server itself published, say) is
+    // nobody's request.
     let to_inbox = request
         .message
         .reply
         .as_ref()
-        .is_some_and(|reply| reply.starts_with(subjects::INBOX_PREFIX));
+        .is_some_and(|reply| subjects::is_answerable(reply));
     if !to_inbox {
         warn!(
             partition = partition.id,

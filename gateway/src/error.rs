@@ -79,6 +79,12 @@ pub enum ApiError {
     /// The store of idempotency keys cannot be reached.
     #[error("idempotency keys unavailable: {0}")]
     KeysUnavailable(String),
+    /// The store of idempotency keys is full (`IDEMPOTENCY_KEY_MAX_BYTES`): nothing was done.
+    #[error(
+        "the Idempotency-Key store is full (IDEMPOTENCY_KEY_MAX_BYTES) until older keys expire; \
+         nothing was done: send the request again later, or without an Idempotency-Key"
+    )]
+    KeysFull,
 }
 
 impl ApiError {
@@ -112,6 +118,7 @@ impl ApiError {
             ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::KeysFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -119,6 +126,7 @@ impl ApiError {
         match self {
             ApiError::KeyReused(_) => return "idempotency-key-reused",
             ApiError::KeyInUse(_) => return "idempotency-key-in-use",
+            ApiError::KeysFull => return "idempotency-keys-full",
             _ => {}
         }
         match status.as_u16() {

@@ -1,7 +1,7 @@
 //! `GET /api/users/changes`: every committed change, as Server-Sent Events, read from the
 //! partition logs (DESIGN.md "Change feed").
 //!
-//! Each partition's log is followed by an ordered pull consumer of JetStream, from the
+//! Each partition's log is read by direct gets (never a consumer: docs/security.md), from the
 //! sequence after the feed's position on; the partitions' changes are merged as they come
 //! (ordered within a partition, interleaved across). Every event's `id` is the feed's
 //! [`Position`] after it (per partition, the last sequence passed), so a client that
@@ -9,7 +9,7 @@
 //! logs keep the latest entry per record: a feed that starts from further back receives each
 //! record's latest state, never a stale one after a newer.
 //!
-//! Bounded: a consumer pulls at most [`BATCH`] entries ahead, the events wait in a channel of
+//! Bounded: a partition is read at most [`BATCH`] entries ahead, the events wait in a channel of
 //! [`QUEUE`], and a client that reads nothing for `CHANGE_FEED_STALL_MS` is ended (its last
 //! event's `id` is where it resumes). At most `MAX_CHANGE_FEEDS` feeds are open at once.
 
@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, SelectAll};
@@ -32,8 +31,8 @@ use crate::error::ApiError;
 use crate::logs::{LogState, Logs};
 use crate::metrics::Metrics;
 
-/// Entries a partition's consumer pulls ahead of the client.
-pub const BATCH: i64 = 64;
+/// Entries read from a partition's log ahead of the client.
+pub const BATCH: usize = 64;
 /// Events queued for the client.
 pub const QUEUE: usize = 64;
 /// How long an `EventSource` waits before reconnecting (the `retry` field).
@@ -158,45 +157,64 @@ fn change(payload: &[u8], version: u64, group: Option<u32>) -> Option<Change> {
 
 type Entries = std::pin::Pin<Box<dyn Stream<Item = (PartitionId, Option<(u64, Vec<u8>)>)> + Send>>;
 
+/// How often a feed reads a log it has heard nothing from (commit hints can be lost with a
+/// reconnect): the longest a change can wait for its event.
+const IDLE_READ: Duration = Duration::from_secs(1);
+
 /// Partition `p`'s log after sequence `after`: (sequence, payload), or `None` once it fails.
+/// Read by direct gets of at most [`BATCH`] entries ([`runtime::LogReader`]), the next only
+/// once the client has taken the last; a fetch that finds nothing left waits for the log's
+/// next commit hint, or [`IDLE_READ`].
 async fn follow(logs: &Logs, p: PartitionId, after: u64) -> Result<Entries, ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::Protocol(protocol::ProtocolError::Unavailable(format!(
             "the log of partition {p} cannot be followed: {e}"
         )))
     };
-    let stream = logs
-        .jetstream()
-        .get_stream_no_info(subjects::stream_name(p))
+    let reader = logs.reader(p).await.map_err(|e| unavailable(&e))?;
+    let hints = logs
+        .client()
+        .subscribe(subjects::committed_filter(p))
         .await
         .map_err(|e| unavailable(&e))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subjects::log_filter(p),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            max_batch: BATCH,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
-    let entries = messages.map(move |message| {
-        let entry = match message {
-            Ok(message) => match message.info() {
-                Ok(info) => Some((info.stream_sequence, message.payload.to_vec())),
-                Err(e) => {
-                    warn!(partition = p, error = %e, "log message without metadata");
-                    None
-                }
-            },
-            Err(e) => {
-                warn!(partition = p, error = %e, "following the log failed");
-                None
+    struct Follow {
+        reader: runtime::LogReader,
+        hints: async_nats::Subscriber,
+        next: u64,
+        ready: std::collections::VecDeque<runtime::LogMessage>,
+        drained: bool,
+    }
+    let state = Follow {
+        reader,
+        hints,
+        next: after + 1,
+        ready: Default::default(),
+        drained: false,
+    };
+    let entries = stream::unfold(Some(state), move |state| async move {
+        let mut state = state?;
+        while state.ready.is_empty() {
+            if state.drained {
+                // Nothing was left: wait until the log may have moved.
+                let _ = tokio::time::timeout(IDLE_READ, state.hints.next()).await;
             }
-        };
-        (p, entry)
+            match state.reader.fetch(state.next, BATCH).await {
+                Ok(batch) => {
+                    state.drained = batch.pending == Some(0);
+                    state.ready.extend(batch.messages);
+                }
+                Err(e) => {
+                    warn!(partition = p, error = %e, "following the log failed");
+                    return Some(((p, None), None));
+                }
+            }
+        }
+        let message = state.ready.pop_front()?;
+        state.next = message.seq + 1;
+        Some((
+            (p, Some((message.seq, message.payload.to_vec()))),
+            Some(state),
+        ))
     });
     Ok(Box::pin(entries))
 }

@@ -149,10 +149,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let disconnects = Disconnects::default();
     let client = connect(&config, disconnects.clone()).await?;
-    let presence = Arc::new(PresenceTable::default());
-    let follower = tokio::spawn(presence.clone().follow(client.clone(), shutdown.clone()));
-    let metrics = Arc::new(Metrics::default());
     let map = PartitionMap::new(config.partitions);
+    let presence = Arc::new(PresenceTable::default());
+    let follower = tokio::spawn(
+        presence
+            .clone()
+            .follow(client.clone(), map, shutdown.clone()),
+    );
+    let metrics = Arc::new(Metrics::default());
     let logs = logs::Logs::new(
         client.clone(),
         map,

@@ -29,6 +29,7 @@ pub struct FeedLimits {
 pub struct Logs {
     client: async_nats::Client,
     js: jetstream::Context,
+    timeout: Duration,
     pub(crate) map: PartitionMap,
     pub(crate) limits: FeedLimits,
     /// One permit per open feed.
@@ -108,6 +109,7 @@ impl Logs {
         Self {
             client,
             js,
+            timeout,
             map,
             slots: Arc::new(Semaphore::new(limits.max_feeds)),
             limits,
@@ -115,8 +117,16 @@ impl Logs {
         }
     }
 
-    pub(crate) fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// A reader of partition `p`'s log by direct gets, each fetch bounded by the log timeout.
+    pub(crate) async fn reader(
+        &self,
+        p: PartitionId,
+    ) -> Result<runtime::LogReader, runtime::LogReadError> {
+        runtime::LogReader::open(self.client.clone(), p, self.timeout).await
     }
 
     /// The state of partition `p`'s log.

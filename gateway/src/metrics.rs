@@ -29,6 +29,7 @@ pub struct Metrics {
     feeds_open: IntGauge,
     feeds_ended: IntCounterVec,
     shed: IntCounter,
+    impossible: IntCounterVec,
 }
 
 /// One route's requests in `/api/cluster`.
@@ -121,6 +122,14 @@ impl Default for Metrics {
              (not counted in ringstore_http_requests_total)",
         )
         .expect("valid metric");
+        let impossible = IntCounterVec::new(
+            Opts::new(
+                "ringstore_impossible_answers_total",
+                "dbnode answers claiming a log position the log does not have (ignored), by partition",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -131,6 +140,7 @@ impl Default for Metrics {
             Box::new(feeds_open.clone()),
             Box::new(feeds_ended.clone()),
             Box::new(shed.clone()),
+            Box::new(impossible.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -145,11 +155,17 @@ impl Default for Metrics {
             feeds_open,
             feeds_ended,
             shed,
+            impossible,
         }
     }
 }
 
 impl Metrics {
+    /// Counts an answer of partition `p`'s copies that claimed a log position beyond the log.
+    pub fn impossible_answer(&self, p: protocol::PartitionId) {
+        self.impossible.with_label_values(&[&p.to_string()]).inc();
+    }
+
     /// Records one NATS request.
     pub fn observe_nats(&self, op: &str, role: &str, outcome: &str, started: Instant) {
         self.nats_latency

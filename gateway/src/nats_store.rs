@@ -30,6 +30,8 @@ struct Floor {
 /// Routes requests to dbnodes over NATS.
 pub struct NatsStore {
     client: Client,
+    /// Reads of the logs' state, to hold floors to what the log has.
+    js: async_nats::jetstream::Context,
     map: PartitionMap,
     timeout: Duration,
     read_from: ReadFrom,
@@ -54,7 +56,10 @@ impl NatsStore {
         disconnects: Disconnects,
     ) -> Self {
         let floors = map.all().map(|_| Mutex::default()).collect();
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(timeout);
         Self {
+            js,
             client,
             map,
             timeout,
@@ -89,6 +94,38 @@ impl NatsStore {
         *self.floors[p as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds partition `p`'s floor to what the log itself has (its epoch and last sequence,
+    /// asked of the log's leader): a floor beyond it came from an answer no log could give (a
+    /// lying or broken copy) and would leave every read of `p` answered "behind". True if the
+    /// floor was lowered (the impossible answer is counted).
+    async fn hold_floor_to_the_log(&self, p: PartitionId) -> bool {
+        let stream = match self.js.get_stream(subjects::stream_name(p)).await {
+            Ok(stream) => stream,
+            Err(_) => return false,
+        };
+        let info = stream.cached_info();
+        let log = Floor {
+            epoch: info.created.unix_timestamp_nanos().max(0) as u64,
+            seq: info.state.last_sequence,
+        };
+        let mut floor = self.floors[p as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let possible =
+            floor.epoch < log.epoch || (floor.epoch == log.epoch && floor.seq <= log.seq);
+        if possible {
+            return false;
+        }
+        *floor = log;
+        drop(floor);
+        self.metrics.impossible_answer(p);
+        tracing::warn!(
+            partition = p,
+            "a copy claimed a log position beyond the log; ignored"
+        );
+        true
     }
 
     /// Raises the floor of `p` to what `answer` (based on log `epoch` up to `seen`) showed.
@@ -135,6 +172,26 @@ impl NatsStore {
         mut payload: impl FnMut(u64) -> Bytes,
     ) -> Result<Answer, TransportError> {
         let deadline = Instant::now() + self.timeout;
+        let answer = self.call_until(p, op, &mut payload, deadline).await?;
+        // Every copy behind the floor: either the log moved on faster than they apply, or the
+        // floor itself is impossible. In the second case it is held to the log, and asked once
+        // more within the same budget.
+        if matches!(answer, Err(ProtocolError::Behind { .. }))
+            && self.hold_floor_to_the_log(p).await
+        {
+            return self.call_until(p, op, &mut payload, deadline).await;
+        }
+        Ok(answer)
+    }
+
+    /// [`NatsStore::call`]'s attempts, until `deadline`.
+    async fn call_until(
+        &self,
+        p: PartitionId,
+        op: Op,
+        payload: &mut impl FnMut(u64) -> Bytes,
+        deadline: Instant,
+    ) -> Result<Answer, TransportError> {
         let targets = self.targets(p, op);
         let mut failure = TransportError::NoResponders;
         let mut resent = false;

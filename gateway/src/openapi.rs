@@ -187,6 +187,10 @@ pub enum WriteRefused {
     /// This `Idempotency-Key` was used for a different request.
     #[response(status = 422, content_type = "application/problem+json")]
     KeyReused(Problem),
+    /// The store of `Idempotency-Key`s is full (`IDEMPOTENCY_KEY_MAX_BYTES`) until older keys
+    /// expire: nothing was done.
+    #[response(status = 507, content_type = "application/problem+json")]
+    KeysFull(Problem),
 }
 
 /// A failed `If-Match`.
@@ -328,7 +332,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["id", "If-Match", "Idempotency-Key"]);
         for status in [
-            "200", "400", "404", "409", "412", "413", "415", "422", "500", "503", "504",
+            "200", "400", "404", "409", "412", "413", "415", "422", "500", "503", "504", "507",
         ] {
             assert!(patch["responses"].get(status).is_some(), "{status}");
         }

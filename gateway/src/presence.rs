@@ -1,18 +1,24 @@
-//! The gateway's view of which dbnodes are alive, from their `ringstore.presence.{node}`
-//! heartbeats. A node silent for [`SILENT_AFTER`] is tried last instead of first, so a dead
-//! primary costs no timeout.
+//! The gateway's view of which dbnodes are alive: every [`HEARTBEAT`] it asks each node of
+//! the map how it is (`ringstore.node.{node}.ping`, answered with the node's presence). A node
+//! that has not answered for [`SILENT_AFTER`] is tried last instead of first, so a dead primary
+//! costs no timeout.
+//!
+//! Asked, not heard: only a process with `{node}`'s NATS identity may answer on that node's
+//! ping subject, and the answer comes back to this gateway's own inbox, so nothing about a
+//! node is believed from another identity; and only the map's nodes are asked, so no message
+//! can grow the table (docs/security.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use protocol::{subjects, NodeId, NodeState, Presence};
+use protocol::timing::{HEARTBEAT, SILENT_AFTER};
+use protocol::{subjects, NodeId, NodeState, PartitionMap, Presence};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::debug;
 
-/// A node not heard from for this long is presumed down.
-pub const SILENT_AFTER: Duration = Duration::from_secs(3);
+/// How long one ask waits for its answer.
+const ASK_WAIT: Duration = Duration::from_millis(750);
 
 /// The latest heartbeat of every node.
 pub struct PresenceTable {
@@ -59,26 +65,44 @@ impl PresenceTable {
         all
     }
 
-    /// Follows the heartbeats until `shutdown`.
-    pub async fn follow(self: Arc<Self>, client: async_nats::Client, shutdown: CancellationToken) {
-        let mut heartbeats = match client.subscribe(subjects::PRESENCE_ALL).await {
-            Ok(sub) => sub,
-            Err(e) => {
-                warn!(error = %e, "cannot follow presence; routing without it");
-                return;
-            }
-        };
+    /// Asks every node of `map` how it is, every [`HEARTBEAT`], until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        map: PartitionMap,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let nodes = map.nodes();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                msg = heartbeats.next() => match msg {
-                    Some(msg) => match serde_json::from_slice::<Presence>(&msg.payload) {
-                        Ok(presence) => self.record(presence),
-                        Err(e) => warn!(subject = %msg.subject, error = %e, "bad heartbeat"),
-                    },
-                    None => return,
-                },
+                _ = tick.tick() => {}
             }
+            let asks = nodes.iter().map(|&node| self.ask(&client, node));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = futures::future::join_all(asks) => {}
+            }
+        }
+    }
+
+    /// Asks `node` how it is and records the answer, if it is that node's.
+    async fn ask(&self, client: &async_nats::Client, node: NodeId) {
+        let request = async_nats::Request::new().timeout(Some(ASK_WAIT));
+        let Ok(reply) = client
+            .send_request(subjects::node_ping(node), request)
+            .await
+        else {
+            return;
+        };
+        match serde_json::from_slice::<Presence>(&reply.payload) {
+            Ok(presence) if presence.node == node => self.record(presence),
+            Ok(presence) => {
+                debug!(%node, claimed = %presence.node, "a ping answered for another node")
+            }
+            Err(e) => debug!(%node, error = %e, "an answer that is not a presence"),
         }
     }
 }

@@ -168,6 +168,20 @@ impl Cluster {
         }
     }
 
+    /// A new NATS client logged in as `user` (one of [`Cluster::nats_auth`]'s), as a process
+    /// with that identity would be: the attacker's seat in the hostile tests.
+    pub async fn nats_client_as(&self, user: &crate::NatsUser) -> async_nats::Client {
+        let connect = user
+            .connect_options()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(self.nats_url());
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!("{} cannot log in: {e}", user.user),
+            Err(_) => panic!("logging in as {} timed out", user.user),
+        }
+    }
+
     /// Waits (30 s at most) until `db-{index}` announces `ready` in its presence heartbeat,
     /// and returns that heartbeat. After a restart, only the new process can announce.
     pub async fn wait_node_ready(&self, index: u32) -> Presence {

@@ -91,3 +91,48 @@ async fn concurrent_duplicates_apply_once() {
     );
     assert_eq!(cluster.log_end(p).await, before + 1, "one log entry");
 }
+
+/// The key bucket is bounded (`IDEMPOTENCY_KEY_MAX_BYTES`): at the bound a request with a new
+/// key is answered 507 problem+json and not done; every write acknowledged before is there, and
+/// writes without a key go on.
+#[tokio::test]
+async fn a_full_key_store_refuses_new_keys_clearly_and_loses_nothing() {
+    let cluster = Cluster::builder()
+        .dbnode_env("IDEMPOTENCY_KEY_MAX_BYTES", 16 * 1024)
+        .start()
+        .await;
+    let mut created = Vec::new();
+    let mut refused = None;
+    for i in 0..500 {
+        let id = format!("full-{i}");
+        let request =
+            keyed(&cluster, Method::POST, "/api/user", &format!("key-{i}")).json(&user(&id));
+        let response = send("keyed create", request).await;
+        match response.status().as_u16() {
+            201 => created.push(id),
+            507 => {
+                refused = Some((id, expect_problem(response, 507).await));
+                break;
+            }
+            other => panic!("keyed create {i}: unexpected {other}"),
+        }
+    }
+    let (id, problem) = refused.expect("the bounded store filled up within 500 keys");
+    eprintln!(
+        "== MEASURED: {} keyed creates before the first 507",
+        created.len()
+    );
+    assert_eq!(
+        problem["type"],
+        "https://ringstore.dev/problems/idempotency-keys-full"
+    );
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("IDEMPOTENCY_KEY_MAX_BYTES"));
+    expect(cluster.get(&id).await, 404).await;
+    for id in &created {
+        expect(cluster.get(id).await, 200).await;
+    }
+    expect(cluster.create(&user("no-key-after-full")).await, 201).await;
+}

@@ -297,3 +297,44 @@ async fn provisioning_that_cannot_succeed_fails_within_its_timeout() {
     assert!(status.success(), "{printed}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+/// An operator purges stray entries at a log's end (as admin, `STREAM.PURGE` with a subject
+/// filter): the log's last sequence then names no entry. A copy rebuilt from that log must
+/// still become ready: "caught up" is "nothing left to deliver", not "reached last_seq".
+#[tokio::test]
+async fn a_copy_rebuilt_from_a_log_whose_last_entries_were_purged_becomes_ready() {
+    let mut cluster = Cluster::start(3).await;
+    for i in 0..20 {
+        let id = format!("kept-{i}");
+        let user = json!({"id": id, "name": "Kept", "email": "k@example.com", "group": 1});
+        expect(cluster.create(&user).await, 201).await;
+    }
+    eprintln!("== phase: two stray entries at the end of P1's log, then purged");
+    let admin = cluster.nats_client().await;
+    let js = jetstream::new(admin.clone());
+    let stray = subjects::log_subject(1, "stray");
+    for _ in 0..2 {
+        js.publish(stray.clone(), "not an entry".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let stream = js.get_stream(subjects::stream_name(1)).await.unwrap();
+    stream.purge().filter(stray).await.expect("the purge");
+    let end = cluster.log_end(1).await;
+
+    eprintln!("== phase: db-1's copies wiped and rebuilt from the logs (P1's ends at {end})");
+    cluster.node(1).kill9();
+    cluster.node(1).wipe();
+    cluster.node(1).start();
+    let started = Instant::now();
+    cluster.wait_node_ready(1).await;
+    eprintln!(
+        "== MEASURED: db-1 ready {:?} after its start",
+        started.elapsed()
+    );
+    for i in 0..20 {
+        expect(cluster.get(&format!("kept-{i}")).await, 200).await;
+    }
+}

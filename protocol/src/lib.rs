@@ -4,11 +4,13 @@
 //! - [`user`]: the `User` record, the bodies that make and change it, and their rules;
 //! - [`partition`]: the stable partition hash and the partition → node map;
 //! - [`subjects`]: every NATS subject and JetStream stream name;
+//! - [`access`]: the NATS accounts and what each identity may do (rendered as `nats.conf`);
 //! - [`params`]: the query parameters of LIST and COUNT;
 //! - [`messages`]: request, reply and log-entry types carried over NATS;
 //! - [`timing`]: request deadlines that cross NATS;
 //! - [`error`]: [`ProtocolError`], the errors a dbnode answers with.
 
+pub mod access;
 pub mod decide;
 pub mod error;
 pub mod messages;

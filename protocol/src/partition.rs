@@ -116,6 +116,11 @@ impl PartitionMap {
         (self.partitions > 1).then(|| NodeId((p + 1) % self.partitions))
     }
 
+    /// Every node of the ring, in order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        (0..self.partitions).map(NodeId).collect()
+    }
+
     /// The partitions `node` hosts with its role for each: primary first.
     pub fn hosted(&self, node: NodeId) -> Vec<(PartitionId, Role)> {
         let own = node.0 % self.partitions;

@@ -109,6 +109,26 @@ pub fn check_subject(p: PartitionId) -> String {
     format!("ringstore.log.{p}.check")
 }
 
+/// `ringstore.committed.{p}.>`: where partition `p`'s stream republishes the headers of every
+/// entry it stores (JetStream's `republish`, headers only: `Nats-Sequence` and the entry's
+/// subject), so that the copies and the change feeds read the log as soon as it moves instead
+/// of polling it. A hint, never data: whatever arrives here only makes a reader look at the
+/// log, whose entries it reads by direct gets to its own inbox.
+pub fn committed_filter(p: PartitionId) -> String {
+    format!("ringstore.committed.{p}.>")
+}
+
+/// `ringstore.committed.>`: every partition's commit hints.
+pub const COMMITTED_ALL: &str = "ringstore.committed.>";
+
+/// `$JS.API.DIRECT.GET.RINGSTORE_P{p}`: a direct read of partition `p`'s log (JetStream's
+/// direct get, in batches from a sequence on); the log is read this way, never through a
+/// consumer (a consumer's deliver subject is chosen by whoever creates it, and could be a log
+/// subject).
+pub fn direct_get(p: PartitionId) -> String {
+    format!("$JS.API.DIRECT.GET.{}", stream_name(p))
+}
+
 /// Whether a log message with `payload` is a check marker ([`check_subject`]): no change to
 /// any record, stepped over by whatever reads the log.
 pub fn is_check_marker(payload: &[u8]) -> bool {
@@ -119,8 +139,19 @@ pub fn is_check_marker(payload: &[u8]) -> bool {
 pub const SERVICE_NAME: &str = "ringstore-dbnode";
 
 /// Where requesters receive answers: dbnodes answer only subjects under it (async-nats's
-/// default inbox prefix), never a subject a dbnode could otherwise write, such as a log's.
+/// default inbox prefix) or under [`IMPORTED_REPLY_PREFIX`], never a subject a dbnode could
+/// otherwise write, such as a log's.
 pub const INBOX_PREFIX: &str = "_INBOX.";
+
+/// The reply subjects NATS gives requests that cross an account boundary (a service import):
+/// the server maps the answer back to the requester's own inbox in the requester's account.
+pub const IMPORTED_REPLY_PREFIX: &str = "_R_.";
+
+/// Whether a request's `reply` subject is one a dbnode may answer: an inbox, or the server's
+/// mapping of one across accounts. Anything else (a log or presence subject, say) is ignored.
+pub fn is_answerable(reply: &str) -> bool {
+    reply.starts_with(INBOX_PREFIX) || reply.starts_with(IMPORTED_REPLY_PREFIX)
+}
 
 /// The JetStream key-value bucket of `Idempotency-Key`s (stream `KV_ringstore_idempotency`):
 /// one entry per key, expiring by age. Created by the dbnodes, used by the gateways.

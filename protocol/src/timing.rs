@@ -29,6 +29,12 @@ pub fn remaining(deadline: u64) -> Option<Duration> {
     (deadline > now).then(|| Duration::from_millis(deadline - now))
 }
 
+/// How often a dbnode announces itself, and how often a gateway asks each node how it is.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A node that has not answered for this long is presumed down: three heartbeats.
+pub const SILENT_AFTER: Duration = Duration::from_secs(3);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,8 @@ use std::time::Duration;
 use protocol::{
     timing, NodeId, PartitionId, PresencePartition, ProtocolError, Response, Role, WriteRequest,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -56,6 +57,13 @@ pub struct Partition {
     epoch: AtomicU64,
     lag: AtomicU64,
     writer: Writer,
+    /// Woken on every commit of this node's writer, so that the tailer reads it at once.
+    committed: Notify,
+    /// The highest sequence this node's writer committed at.
+    last_commit: AtomicU64,
+    /// When the tailer sent the latest fetch that found nothing left to deliver: the copy had
+    /// applied, and could read, everything the log held at that moment.
+    drained: watch::Sender<Option<Instant>>,
 }
 
 impl Partition {
@@ -89,6 +97,9 @@ impl Partition {
             epoch,
             lag: AtomicU64::new(0),
             writer,
+            committed: Notify::new(),
+            last_commit: AtomicU64::new(0),
+            drained: watch::Sender::new(None),
         })
     }
 
@@ -112,7 +123,10 @@ impl Partition {
         }
     }
 
-    /// Waits until everything in the log when called is applied and readable, or `shutdown`.
+    /// Waits until everything in the log when called is applied and readable, or `shutdown`:
+    /// until a read of the log sent after the call finds nothing left to deliver. (Not "until
+    /// the log's last sequence": an operator who purges a log's last entries leaves a last
+    /// sequence that no entry has.)
     pub async fn catch_up(&self, shutdown: &CancellationToken) -> Result<(), LogError> {
         let last = self.log.last_sequence().await?;
         info!(
@@ -121,12 +135,19 @@ impl Partition {
             to = last,
             "catching up"
         );
-        let mut readable = self.readable.subscribe();
+        let since = Instant::now();
+        let mut drained = self.drained.subscribe();
+        self.committed.notify_one();
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = readable.wait_for(|&r| r >= last) => {}
+            _ = drained.wait_for(|d| d.is_some_and(|at| at >= since)) => {}
         }
         Ok(())
+    }
+
+    /// The highest sequence this node's writer committed at.
+    fn last_commit(&self) -> u64 {
+        self.last_commit.load(Ordering::Relaxed)
     }
 
     /// Waits up to `wait` until `seq` is readable. True if it is.
@@ -147,6 +168,10 @@ impl Partition {
     pub async fn write(&self, request: WriteRequest) -> Response {
         let deadline = request.deadline;
         let response = self.writer.write(request).await;
+        if response.answer.is_ok() && self.applied() < response.seen {
+            self.last_commit.fetch_max(response.seen, Ordering::Relaxed);
+            self.committed.notify_one();
+        }
         if response.answer.is_ok() && self.readable() < response.seen {
             let left = timing::remaining(deadline).unwrap_or_default();
             self.wait_readable(response.seen, APPLY_WAIT.min(left))

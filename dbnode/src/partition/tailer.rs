@@ -1,21 +1,24 @@
-//! The tailer (DESIGN.md "Write path", steps 3, 5 and 6): the only code that applies log
-//! entries to the local copy, in log order, each delivered burst in one `WriteBatch` with its
-//! last sequence.
+//! The tailer (docs/design.md, "Replication"): the only code that applies log entries to the
+//! local copy, in log order, each fetched batch in one `WriteBatch` with its last sequence.
 //!
+//! - **Reading.** The log is read by direct gets from the applied sequence on
+//!   ([`runtime::LogReader`]), never through a consumer (docs/security.md). A fetch runs when
+//!   the log may have moved: a commit hint from the stream ([`protocol::subjects::committed_filter`]),
+//!   a commit of this node's own writer, an identity check that finds the log past the copy,
+//!   or a batch that left entries behind.
 //! - **Gaps.** The log keeps one entry per record, so an entry superseded before the tailer
-//!   read it is gone: the consumer jumps over it. The entry that superseded it was appended
-//!   before the jump, so once the consumer has nothing left to deliver (`pending` 0) the copy
+//!   read it is gone: the read steps over it. The entry that superseded it was appended
+//!   before the step, so once a fetch finds nothing left to deliver (`pending` 0) the copy
 //!   has applied it; until then the copy may lack an acknowledged write, and `readable` (what
-//!   reads wait for) stays where it was.
+//!   reads wait for) stays where it was. "Caught up" is that same "nothing left", never "has
+//!   reached the log's last sequence", which an operator's purge can leave empty for good.
 //! - **Identity.** The copy records the identity of the log it applies (the stream's creation
 //!   time). A log that is not the one it knew — recreated, or shorter than what the copy has
 //!   applied (a NATS host that lost its unsynced tail) — makes the copy start over from the
 //!   log, instead of wedging on sequences that never come or dropping new entries as applied.
-//! - **A silent consumer.** JetStream's ordered consumer of an R3 log lives on the log's
-//!   leader; when that server dies, the client notices only after missing its heartbeats for
-//!   5 s and more, and until then the copy answers reads of new writes `behind`. The identity
-//!   check also reads the log's end: a log that holds entries past the copy while the consumer
-//!   has delivered nothing for [`STALL`] makes the tailer start a new consumer at once.
+//! - **A server behind.** A direct get is answered by the log's copy on the nearest NATS
+//!   server, which may store an entry a moment after its leader said it was committed: a fetch
+//!   that ends below a sequence the tailer knows to be committed is tried again shortly.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use protocol::LogEntry;
+use runtime::{Batch, LogReadError};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,46 +36,36 @@ use super::Partition;
 use crate::log::LogState;
 use crate::storage::{Step, StorageError};
 
-/// How often a tailer checks that the log is still the one it applies, and that its consumer
-/// is not silent while the log has moved on.
+/// How often a tailer checks that the log is still the one it applies, and whether it has
+/// moved past the copy (the fallback when commit hints are lost).
 const IDENTITY_CHECK: Duration = Duration::from_millis(500);
 /// How many identity checks may wait for an answer at once: one sent while the log's leader is
 /// being re-elected can wait the whole log timeout, and the one sent just after the election
 /// must not wait behind it.
 const CHECKS_IN_FLIGHT: usize = 3;
-/// How long a consumer may deliver nothing while the log holds entries past the copy before
-/// the tailer replaces it.
-const STALL: Duration = Duration::from_secs(1);
-/// The most log entries applied in one RocksDB write.
+/// The most log entries fetched, and applied in one RocksDB write, at once.
 const BATCH: usize = 256;
 /// How long a tailer waits before trying again when the log cannot be read.
 const RETRY: Duration = Duration::from_secs(1);
-/// The first wait before creating a consumer again on a log that could be read (a new leader
-/// not ready for consumers yet), doubled on each failure in a row up to [`RETRY`].
-const RETRY_CONSUMER: Duration = Duration::from_millis(100);
+/// The first wait before fetching again when a fetch ended below a sequence known to be
+/// committed (the nearest copy of the log is a moment behind its leader), doubled each time.
+const BEHIND_RETRY: Duration = Duration::from_millis(2);
+/// The longest such wait; past it the sequence is left to the identity checks.
+const BEHIND_RETRY_MAX: Duration = Duration::from_millis(128);
+/// The first wait after a fetch failed (timed out, no responders), doubled up to [`RETRY`].
+const FAILED_RETRY: Duration = Duration::from_millis(50);
 
 /// Applies the log to `partition`'s copy until `shutdown`.
 pub(super) async fn run(partition: Arc<Partition>, shutdown: CancellationToken) {
-    let mut consumer_pause = RETRY_CONSUMER;
     while !shutdown.is_cancelled() {
-        let pause = match check_identity(&partition).await {
-            None => RETRY,
-            Some((state, _)) => match tail(&partition, state, &shutdown).await {
-                Ok(()) | Err(Retail::AtOnce) => {
-                    consumer_pause = RETRY_CONSUMER;
-                    continue;
-                }
-                Err(Retail::AfterPause) => RETRY,
-                Err(Retail::NoConsumer) => {
-                    let pause = consumer_pause;
-                    consumer_pause = (consumer_pause * 2).min(RETRY);
-                    pause
-                }
-            },
-        };
+        if let Some((state, _)) = check_identity(&partition).await {
+            if tail(&partition, state, &shutdown).await.is_ok() {
+                continue;
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(RETRY) => {}
         }
     }
 }
@@ -127,17 +122,36 @@ fn reset(partition: &Partition, epoch: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// How the tailer starts again after a tail session ended early.
-enum Retail {
-    /// After [`RETRY`]: the log could not be read or changed.
-    AfterPause,
-    /// At once: the consumer fell silent while the log moved on.
-    AtOnce,
-    /// Soon: the log could be read but no consumer created on it.
-    NoConsumer,
+/// A tail session ended early: start another after [`RETRY`] (the log could not be read, or
+/// changed).
+struct Retail;
+
+/// What a session knows of the log beyond the copy.
+struct Want {
+    /// A fetch should run (the log may have moved).
+    fetch: bool,
+    /// A sequence known to be committed that the copy has not applied yet (0: none).
+    target: u64,
+    /// When to fetch again (for `target`, or after a failed fetch), and the wait after that.
+    retry: Option<(Instant, Duration)>,
+    /// The log's end as the latest identity check read it.
+    end_seen: u64,
+    /// The log's end as an identity check read it before a fetch that then found nothing
+    /// left: checks that read the same end need no fetch (its last sequences were purged).
+    end_drained: u64,
 }
 
-/// One consumer session, from the applied sequence on, until an error, a changed log or
+impl Want {
+    /// Fetch again after `wait` (doubling up to `max`, then leaving it to the checks).
+    fn again(&mut self, first: Duration, max: Duration) {
+        let wait = self.retry.map_or(first, |(_, wait)| wait);
+        if wait <= max {
+            self.retry = Some((Instant::now() + wait, wait * 2));
+        }
+    }
+}
+
+/// One session: reads the log from the applied sequence on until an error, a changed log or
 /// `shutdown`.
 async fn tail(
     partition: &Partition,
@@ -145,15 +159,16 @@ async fn tail(
     shutdown: &CancellationToken,
 ) -> Result<(), Retail> {
     let p = partition.id;
-    let from = partition.applied() + 1;
-    let mut entries = match partition.log.tail(from).await {
-        Ok(entries) => entries.ready_chunks(BATCH),
-        Err(e) => {
-            warn!(partition = p, error = %e, "cannot tail the log; retrying");
-            return Err(Retail::NoConsumer);
-        }
-    };
-    debug!(partition = p, from, "tailing the log");
+    let opened = futures::future::try_join(partition.log.reader(), partition.log.hints()).await;
+    let (reader, mut hints) = opened.map_err(|e| {
+        warn!(partition = p, error = %e, "cannot read the log; retrying");
+        Retail
+    })?;
+    debug!(
+        partition = p,
+        from = partition.applied() + 1,
+        "tailing the log"
+    );
     // The copy equals a prefix of the log if it did when the last session ended, or if it has
     // applied up to the log's end (every record's latest entry is at or below it).
     let applied = partition.applied();
@@ -162,95 +177,156 @@ async fn tail(
     let mut check = tokio::time::interval(IDENTITY_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
-    // Identity checks run beside the tailing, never in its way, and beside one another: on a
+    // Identity checks run beside the reading, never in its way, and beside one another: on a
     // NATS cluster whose stream or meta leader is being re-elected, reading the log's state can
-    // take the whole log timeout while entries keep arriving, and a check sent once the new
-    // leader is there answers at once.
+    // take the whole log timeout, and a check sent once the new leader is there answers at once.
     let mut checking = FuturesUnordered::new();
-    let mut delivered = tokio::time::Instant::now();
+    // The fetch in flight owns the reader and hands it back with its batch.
+    let mut reader = Some(reader);
+    let mut fetching = None;
+    let mut want = Want {
+        fetch: true,
+        target: state.last,
+        retry: None,
+        end_seen: state.last,
+        end_drained: 0,
+    };
+    let mut failures = 0u32;
     loop {
-        let item = tokio::select! {
+        if want.fetch && fetching.is_none() {
+            if let Some(mut idle) = reader.take() {
+                want.fetch = false;
+                let (from, sent, end) = (partition.applied() + 1, Instant::now(), want.end_seen);
+                fetching = Some(Box::pin(async move {
+                    let batch = idle.fetch(from, BATCH).await;
+                    (idle, batch, sent, end)
+                }));
+            }
+        }
+        let retry_at = want.retry.map(|(at, _)| at);
+        tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick(), if checking.len() < CHECKS_IN_FLIGHT => {
                 checking.push(check_identity(partition));
-                continue;
             }
-            Some(checked) = checking.next(), if !checking.is_empty() => {
-                match checked {
-                    Some((now, false)) if now.epoch == state.epoch => {
-                        let applied = partition.applied();
-                        if now.last <= applied || delivered.elapsed() < STALL {
-                            continue;
+            Some(checked) = checking.next(), if !checking.is_empty() => match checked {
+                Some((now, false)) if now.epoch == state.epoch => {
+                    // A target past the log's end was never committed (a hint that lied).
+                    want.target = want.target.min(now.last);
+                    want.end_seen = now.last;
+                    if now.last > partition.applied() && now.last > want.end_drained {
+                        want.fetch = true;
+                    }
+                }
+                Some(_) => {
+                    info!(partition = p, "re-tailing a changed log");
+                    return Err(Retail);
+                }
+                None => {}
+            },
+            hint = hints.next() => {
+                let Some(hint) = hint else { return Err(Retail) };
+                // Hints are not trusted for anything but "look": a sequence the copy has applied
+                // needs no fetch, any other makes one.
+                let seq = runtime::log_reader::hinted_sequence(&hint).unwrap_or(u64::MAX);
+                if seq > partition.applied() {
+                    want.fetch = true;
+                }
+            }
+            _ = partition.committed.notified() => {
+                want.fetch = true;
+                want.target = want.target.max(partition.last_commit());
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => want.fetch = true,
+            (idle, fetched, sent, end) = async { fetching.as_mut().expect("a fetch").await },
+                if fetching.is_some() =>
+            {
+                fetching = None;
+                reader = Some(idle);
+                let batch = match fetched {
+                    Ok(batch) => batch,
+                    Err(LogReadError::Nats(e)) => {
+                        warn!(partition = p, error = %e, "cannot read the log; re-tailing");
+                        return Err(Retail);
+                    }
+                    Err(e) => {
+                        // An election, a server going away: the next fetch, soon, may find a
+                        // leader again.
+                        failures += 1;
+                        if failures == 1 || failures.is_power_of_two() {
+                            warn!(partition = p, error = %e, failures, "reading the log failed; retrying");
                         }
-                        info!(
-                            partition = p,
-                            applied,
-                            log_end = now.last,
-                            "the log consumer is silent while the log moves on; re-tailing"
-                        );
-                        return Err(Retail::AtOnce);
+                        want.again(FAILED_RETRY, RETRY);
+                        continue;
                     }
-                    Some(_) => {
-                        info!(partition = p, "re-tailing a changed log");
-                        return Err(Retail::AfterPause);
+                };
+                failures = 0;
+                want.retry = None;
+                if let Err(e) = apply_batch(partition, &batch, &mut gap) {
+                    warn!(partition = p, error = %e, "apply failed; re-tailing");
+                    return Err(Retail);
+                }
+                settle(partition, gap);
+                if batch.pending == Some(0) {
+                    want.end_drained = want.end_drained.max(end);
+                    partition.drained.send_replace(Some(sent));
+                    if partition.applied() < want.target {
+                        want.again(BEHIND_RETRY, BEHIND_RETRY_MAX);
                     }
-                    None => continue,
+                } else {
+                    want.fetch = true;
                 }
-            }
-            item = entries.next() => item,
-        };
-        let Some(messages) = item else {
-            return Err(Retail::AfterPause);
-        };
-        delivered = tokio::time::Instant::now();
-        // Every entry already delivered is applied in one batch: under load a consumer hands
-        // over several at once, and one RocksDB write for all of them costs little more than
-        // one for each.
-        let mut applied = partition.applied();
-        let mut batch = Vec::with_capacity(messages.len());
-        for message in &messages {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    debug!(partition = p, error = %e, "log consumer hiccup");
-                    continue;
-                }
-            };
-            let Ok(info) = message.info() else { continue };
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            partition.lag.store(pending, Ordering::Relaxed);
-            if seq > applied {
-                if seq > applied + 1 && !gap {
-                    debug!(
-                        partition = p,
-                        applied, seq, "gap in the log; reads wait until its end"
-                    );
-                    gap = true;
-                }
-                let entry = decode(p, seq, &message.payload);
-                // Without a gap the copy is the log's prefix up to `applied`; an entry whose
-                // record's previous entry is within it finds the record as that entry left it
-                // (it was appended on the condition that this was still the latest).
-                let prior_held = !gap
-                    && entry
-                        .as_ref()
-                        .and_then(|e| e.seq_before)
-                        .is_some_and(|before| before <= applied);
-                batch.push((seq, entry, prior_held));
-                applied = seq;
-            }
-            // Nothing left to deliver: every entry that superseded a skipped one (appended
-            // before the skip) has been delivered and is in this batch or applied.
-            if pending == 0 {
-                gap = false;
             }
         }
-        if let Err(e) = apply(partition, &batch) {
-            warn!(partition = p, error = %e, "apply failed; re-tailing");
-            return Err(Retail::AfterPause);
-        }
-        settle(partition, gap);
     }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Applies a fetched batch (entries past the applied sequence only) in one write; opens the
+/// gap when the batch steps over a sequence, closes it when nothing is left to deliver.
+fn apply_batch(partition: &Partition, fetched: &Batch, gap: &mut bool) -> Result<(), StorageError> {
+    let p = partition.id;
+    let mut applied = partition.applied();
+    let mut batch = Vec::with_capacity(fetched.messages.len());
+    for message in &fetched.messages {
+        partition.lag.store(message.pending, Ordering::Relaxed);
+        if message.seq <= applied {
+            continue;
+        }
+        if message.seq > applied + 1 && !*gap {
+            debug!(
+                partition = p,
+                applied,
+                seq = message.seq,
+                "gap in the log; reads wait until its end"
+            );
+            *gap = true;
+        }
+        let entry = decode(p, message.seq, &message.payload);
+        // Without a gap the copy is the log's prefix up to `applied`; an entry whose record's
+        // previous entry is within it finds the record as that entry left it (it was appended
+        // on the condition that this was still the latest).
+        let prior_held = !*gap
+            && entry
+                .as_ref()
+                .and_then(|e| e.seq_before)
+                .is_some_and(|before| before <= applied);
+        batch.push((message.seq, entry, prior_held));
+        applied = message.seq;
+    }
+    apply(partition, &batch)?;
+    // Nothing left to deliver: every entry that superseded a skipped one (appended before the
+    // skip) has been delivered and is in this batch or applied.
+    if fetched.pending == Some(0) {
+        partition.lag.store(0, Ordering::Relaxed);
+        *gap = false;
+    }
+    Ok(())
 }
 
 /// Moves `readable` up to `applied` unless a gap is open.

@@ -72,10 +72,17 @@ pub struct KeyRecord {
     claim: String,
 }
 
-/// The idempotency-key store could not be reached.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyStoreError(pub String);
+/// Why the idempotency-key store did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyStoreError {
+    /// It could not be reached, or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// It holds as many bytes as it may (`IDEMPOTENCY_KEY_MAX_BYTES`): no new key is taken
+    /// until old ones expire.
+    #[error("the Idempotency-Key store is full: {0}")]
+    Full(String),
+}
 
 /// A key-value store with compare-and-set, as JetStream KV is.
 pub trait KeyStore: Send + Sync + 'static {
@@ -223,7 +230,8 @@ pub async fn idempotent(
     )
     .await;
     let revision = match claimed {
-        Err(e) => return ApiError::KeysUnavailable(e.0).into_response(),
+        Err(KeyStoreError::Full(_)) => return ApiError::KeysFull.into_response(),
+        Err(KeyStoreError::Unavailable(e)) => return ApiError::KeysUnavailable(e).into_response(),
         Ok(Claim::Reused) => return ApiError::KeyReused(key).into_response(),
         Ok(Claim::InUse) => return ApiError::KeyInUse(key).into_response(),
         Ok(Claim::Replay(stored)) => return replay(stored),

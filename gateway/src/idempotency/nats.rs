@@ -31,14 +31,22 @@ impl NatsKeys {
                 self.js
                     .get_key_value(protocol::subjects::IDEMPOTENCY_BUCKET)
                     .await
-                    .map_err(|e| KeyStoreError(e.to_string()))
+                    .map_err(failed)
             })
             .await
     }
 }
 
+/// JetStream's refusal of a write to a stream at its `max_bytes` (err_code 10077).
+const FULL: &str = "maximum bytes exceeded";
+
 fn failed(e: impl std::fmt::Display) -> KeyStoreError {
-    KeyStoreError(e.to_string())
+    let message = e.to_string();
+    if message.contains(FULL) {
+        KeyStoreError::Full(message)
+    } else {
+        KeyStoreError::Unavailable(message)
+    }
 }
 
 impl KeyStore for NatsKeys {

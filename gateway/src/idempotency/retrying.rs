@@ -49,7 +49,7 @@ impl<S: KeyStore> Retrying<S> {
         F: Future<Output = Result<T, KeyStoreError>> + 'a,
     {
         let deadline = Instant::now() + self.budget;
-        let mut failure = KeyStoreError(format!("{what}: no time left"));
+        let mut failure = KeyStoreError::Unavailable(format!("{what}: no time left"));
         let mut left = ATTEMPTS;
         let mut resent = false;
         while left > 0 {
@@ -66,11 +66,11 @@ impl<S: KeyStore> Retrying<S> {
             match answered {
                 Some(Ok(Ok(done))) => return Ok(done),
                 Some(Ok(Err(e))) => failure = e,
-                Some(Err(_)) => failure = KeyStoreError(format!("{what}: no answer")),
+                Some(Err(_)) => failure = KeyStoreError::Unavailable(format!("{what}: no answer")),
                 // Once per operation, and at once: the attempt went down with the connection.
                 None => {
                     resent = true;
-                    failure = KeyStoreError(format!("{what}: connection lost"));
+                    failure = KeyStoreError::Unavailable(format!("{what}: connection lost"));
                     continue;
                 }
             }
