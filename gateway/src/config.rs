@@ -37,10 +37,26 @@ pub struct Config {
     #[arg(long, env = "MAX_REQUEST_MS", default_value_t = 30_000,
         value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub max_request_ms: u64,
-    /// How long a client may take to send a request's headers before its connection is
-    /// closed (slow-header attacks).
+    /// How long a connection may go without a request in flight before it completes a request
+    /// head: from accept (TLS handshake, HTTP/2 preface and SETTINGS included) or from its last
+    /// response. Then it is closed (slow-header attacks, idle keep-alive connections).
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5000)]
     pub header_timeout_ms: u64,
+    /// How long a connection's writes may make no progress (its client reads nothing) before
+    /// the connection is reset, change feeds included.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub write_timeout_ms: u64,
+    /// HTTP connections open at once (TLS handshakes included); one more is closed as soon as
+    /// it is accepted.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// How long the gateway may take to stop after SIGTERM/SIGINT: requests in flight, then
+    /// the NATS drain; whatever is left then is abandoned and the process exits.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 8000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub shutdown_timeout_ms: u64,
     /// Requests served at once; more are answered 503 with `Retry-After` at once.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
@@ -85,6 +101,17 @@ impl Config {
             max_feeds: self.max_change_feeds as usize,
             keep_alive: Duration::from_millis(self.change_feed_keepalive_ms),
             stall: Duration::from_millis(self.change_feed_stall_ms),
+            end_grace: Duration::from_millis(self.write_timeout_ms),
+        }
+    }
+
+    /// The HTTP server's limits.
+    pub fn server_limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            max_connections: self.max_connections as usize,
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
         }
     }
 

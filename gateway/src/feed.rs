@@ -11,7 +11,11 @@
 //!
 //! Bounded: a partition is read at most [`BATCH`] entries ahead, the events wait in a channel of
 //! [`QUEUE`], and a client that reads nothing for `CHANGE_FEED_STALL_MS` is ended (its last
-//! event's `id` is where it resumes). At most `MAX_CHANGE_FEEDS` feeds are open at once.
+//! event's `id` is where it resumes). At most `MAX_CHANGE_FEEDS` feeds are open at once. A
+//! feed the gateway ended has `WRITE_TIMEOUT_MS` to hand its last events and its `end` to the
+//! connection; if it has not by then (the client still reads nothing; over HTTP/2 its stream
+//! can be stalled by flow control while the socket is not), its connection is closed, so that
+//! an ended feed holds neither the connection nor its queued events.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
+use crate::connection::ConnectionHandle;
 use crate::error::ApiError;
 use crate::logs::{LogState, Logs};
 use crate::metrics::Metrics;
@@ -172,14 +177,10 @@ async fn follow(logs: &Logs, p: PartitionId, after: u64) -> Result<Entries, ApiE
         )))
     };
     let reader = logs.reader(p).await.map_err(|e| unavailable(&e))?;
-    let hints = logs
-        .client()
-        .subscribe(subjects::committed_filter(p))
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let hints = logs.hints(p);
     struct Follow {
         reader: runtime::LogReader,
-        hints: async_nats::Subscriber,
+        hints: tokio::sync::watch::Receiver<u64>,
         next: u64,
         ready: std::collections::VecDeque<runtime::LogMessage>,
         drained: bool,
@@ -196,7 +197,7 @@ async fn follow(logs: &Logs, p: PartitionId, after: u64) -> Result<Entries, ApiE
         while state.ready.is_empty() {
             if state.drained {
                 // Nothing was left: wait until the log may have moved.
-                let _ = tokio::time::timeout(IDLE_READ, state.hints.next()).await;
+                let _ = tokio::time::timeout(IDLE_READ, state.hints.changed()).await;
             }
             match state.reader.fetch(state.next, BATCH).await {
                 Ok(batch) => {
@@ -219,12 +220,14 @@ async fn follow(logs: &Logs, p: PartitionId, after: u64) -> Result<Entries, ApiE
     Ok(Box::pin(entries))
 }
 
-/// Opens a feed from `since`, with only changes of `group` if given.
+/// Opens a feed from `since`, with only changes of `group` if given, on `connection` (closed
+/// if the feed ends and its last events are not taken in time; `None` outside a server).
 pub async fn open(
     logs: Arc<Logs>,
     metrics: Arc<Metrics>,
     since: Since,
     group: Option<u32>,
+    connection: Option<ConnectionHandle>,
 ) -> Result<Response, ApiError> {
     let permit = logs
         .slots
@@ -243,6 +246,8 @@ pub async fn open(
     }
     let (events, received) = mpsc::channel(QUEUE);
     let (end, ended) = oneshot::channel();
+    // Held by the body: its receiver learns when the body is gone (delivered or dropped).
+    let (body_alive, body_gone) = oneshot::channel::<()>();
     let first = Event::default().id(from.to_string()).retry(RECONNECT);
     let pump = Pump {
         logs: logs.clone(),
@@ -250,12 +255,22 @@ pub async fn open(
         group,
         at: from,
         events,
-        _permit: permit,
+        permit,
     };
-    tokio::spawn(pump.run(sources, end));
+    tokio::spawn(pump.run(
+        sources,
+        end,
+        Delivery {
+            body_gone,
+            connection,
+        },
+    ));
     let mut received = received;
     let body = stream::once(async { first })
-        .chain(stream::poll_fn(move |cx| received.poll_recv(cx)))
+        .chain(stream::poll_fn(move |cx| {
+            let _alive = &body_alive;
+            received.poll_recv(cx)
+        }))
         .chain(stream::once(ended).filter_map(|end| async { end.ok() }))
         .map(Ok::<_, Infallible>);
     let keep_alive = KeepAlive::new()
@@ -279,12 +294,26 @@ struct Pump {
     at: Position,
     events: mpsc::Sender<Event>,
     /// Held while the feed is open.
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+/// How a feed's end reaches its client.
+struct Delivery {
+    /// Resolves when the response body is dropped: hyper has taken all of it, or the
+    /// connection is gone.
+    body_gone: oneshot::Receiver<()>,
+    /// Closed if the body is not gone within `end_grace` of the end.
+    connection: Option<ConnectionHandle>,
 }
 
 impl Pump {
-    async fn run(mut self, mut sources: SelectAll<Entries>, end: oneshot::Sender<Event>) {
-        let _open = self.metrics.feed_opened();
+    async fn run(
+        mut self,
+        mut sources: SelectAll<Entries>,
+        end: oneshot::Sender<Event>,
+        delivery: Delivery,
+    ) {
+        let open = self.metrics.feed_opened();
         let reason = loop {
             let next = tokio::select! {
                 _ = self.logs.shutdown.cancelled() => break EndReason::Shutdown,
@@ -325,6 +354,29 @@ impl Pump {
                 .id(self.at.to_string())
                 .data(data),
         );
+        // The feed is over: its slot is free, its queue closed (the body ends after what is
+        // in it and the `end`); its connection has `end_grace` to take the rest.
+        let Pump {
+            logs,
+            permit,
+            events,
+            ..
+        } = self;
+        drop((open, permit, events));
+        let Some(connection) = delivery.connection else {
+            return;
+        };
+        let grace = logs.limits.end_grace;
+        if tokio::time::timeout(grace, delivery.body_gone)
+            .await
+            .is_err()
+        {
+            debug!(
+                reason = reason.as_str(),
+                "an ended change feed's client took nothing for {grace:?}: connection closed"
+            );
+            connection.abort();
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod config;
+pub mod connection;
 pub mod disconnects;
 mod error;
 mod extract;
@@ -175,7 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let state = AppState {
         store: Arc::new(store),
-        metrics,
+        metrics: metrics.clone(),
         presence,
         keys: Arc::new(idempotency::Retrying::new(
             idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
@@ -192,11 +193,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
     info!(%addr, read_from = ?config.read_from, "serving {scheme}");
-    let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
-    server::serve(listener, app(state), header_timeout, tls, shutdown.clone()).await;
+    let limits = config.server_limits();
+    let deadline =
+        server::serve(listener, app(state), metrics, limits, tls, shutdown.clone()).await;
     info!("shutting down");
     shutdown.cancel();
-    follower.await?;
-    client.drain().await?;
+    // The rest of the shutdown is bounded by the same deadline, whatever NATS does: with NATS
+    // down, a drain would wait for it for ever.
+    match tokio::time::timeout_at(deadline, follower).await {
+        Ok(joined) => joined?,
+        Err(_) => warn!("the presence follower did not stop by SHUTDOWN_TIMEOUT_MS"),
+    }
+    match tokio::time::timeout_at(deadline, client.drain()).await {
+        Ok(drained) => drained?,
+        Err(_) => warn!(
+            "the NATS connection did not drain by SHUTDOWN_TIMEOUT_MS ({:?}); exiting anyway",
+            limits.shutdown_timeout
+        ),
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use protocol::{subjects, PartitionId, PartitionMap};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -23,6 +23,9 @@ pub struct FeedLimits {
     pub keep_alive: Duration,
     /// How long a feed waits for a client that does not read before ending it.
     pub stall: Duration,
+    /// How long a feed the gateway ended may take to hand its last events and its `end` to
+    /// the connection before the connection is closed (`WRITE_TIMEOUT_MS`).
+    pub end_grace: Duration,
 }
 
 /// Read access to the logs, and the change feeds' shared limits.
@@ -34,6 +37,9 @@ pub struct Logs {
     pub(crate) limits: FeedLimits,
     /// One permit per open feed.
     pub(crate) slots: Arc<Semaphore>,
+    /// Per partition, the highest sequence a commit hint named: feeds wait on it instead of
+    /// each holding a subscription that would queue hints while its client does not read.
+    hints: Arc<Vec<watch::Sender<u64>>>,
     /// Cancelled when the gateway shuts down: feeds end instead of holding it up.
     pub(crate) shutdown: CancellationToken,
 }
@@ -106,7 +112,10 @@ impl Logs {
     ) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(timeout);
+        let hints: Arc<Vec<_>> = Arc::new(map.all().map(|_| watch::Sender::new(0)).collect());
+        tokio::spawn(follow_hints(client.clone(), hints.clone(), shutdown.clone()));
         Self {
+            hints,
             client,
             js,
             timeout,
@@ -117,8 +126,9 @@ impl Logs {
         }
     }
 
-    pub(crate) fn client(&self) -> &async_nats::Client {
-        &self.client
+    /// Partition `p`'s commit hints: changed whenever the log may have moved.
+    pub(crate) fn hints(&self, p: PartitionId) -> watch::Receiver<u64> {
+        self.hints[p as usize].subscribe()
     }
 
     /// A reader of partition `p`'s log by direct gets, each fetch bounded by the log timeout.
@@ -181,6 +191,42 @@ impl Logs {
             version: info.version,
             cluster: info.cluster,
             peers: info.connect_urls,
+        }
+    }
+}
+
+/// Keeps `hints` at the highest sequence each partition's commit hints named, until
+/// `shutdown`; resubscribes after a failure. A hint is never data: it only wakes a feed.
+async fn follow_hints(
+    client: async_nats::Client,
+    hints: Arc<Vec<watch::Sender<u64>>>,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    while !shutdown.is_cancelled() {
+        let mut subscription = match client.subscribe(subjects::COMMITTED_ALL).await {
+            Ok(subscription) => subscription,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the logs' commit hints; feeds poll");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let hint = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                hint = subscription.next() => hint,
+            };
+            let Some(hint) = hint else { break };
+            // ringstore.committed.{p}.…
+            let partition = hint.subject.split('.').nth(2).and_then(|p| p.parse::<usize>().ok());
+            let Some(sender) = partition.and_then(|p| hints.get(p)) else {
+                continue;
+            };
+            let seq = runtime::log_reader::hinted_sequence(&hint).unwrap_or(0);
+            sender.send_modify(|latest| *latest = (*latest).max(seq).max(*latest + 1));
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Metrics {
     feeds_ended: IntCounterVec,
     shed: IntCounter,
     impossible: IntCounterVec,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
+    connections_closed: IntCounterVec,
 }
 
 /// One route's requests in `/api/cluster`.
@@ -52,6 +55,15 @@ pub struct RouteTraffic {
 pub struct OpenFeed(IntGauge);
 
 impl Drop for OpenFeed {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts an HTTP connection as open while it lives.
+pub(crate) struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -130,6 +142,25 @@ impl Default for Metrics {
             &["partition"],
         )
         .expect("valid metric");
+        let connections_open = IntGauge::new(
+            "ringstore_http_connections_open",
+            "HTTP connections open now (TLS handshakes included)",
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "ringstore_http_connections_refused_total",
+            "Connections closed at accept because MAX_CONNECTIONS were open",
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "ringstore_http_connections_closed_total",
+                "Connections the gateway closed, by reason (header-timeout, idle, write-timeout, \
+                 aborted)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -141,6 +172,9 @@ impl Default for Metrics {
             Box::new(feeds_ended.clone()),
             Box::new(shed.clone()),
             Box::new(impossible.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_closed.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -156,6 +190,9 @@ impl Default for Metrics {
             feeds_ended,
             shed,
             impossible,
+            connections_open,
+            connections_refused,
+            connections_closed,
         }
     }
 }
@@ -187,6 +224,22 @@ impl Metrics {
     /// Counts a request shed by the concurrency limit.
     pub fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+
+    /// Counts a connection refused at accept (`MAX_CONNECTIONS`).
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts a connection the gateway closed, and why.
+    pub(crate) fn connection_closed(&self, reason: &str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
     }
 
     /// Change feeds open now.

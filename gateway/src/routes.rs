@@ -333,6 +333,7 @@ pub async fn changes(
     State(state): State<Arc<AppState>>,
     Query(params): Query<ChangeParams>,
     LastEventId(last): LastEventId,
+    connection: Option<axum::Extension<crate::connection::ConnectionHandle>>,
 ) -> Result<Response, ApiError> {
     // An EventSource reconnects to the same URL (`since=now` included): the header wins.
     let since = match (last, params.since) {
@@ -350,7 +351,8 @@ pub async fn changes(
             "this gateway has no partition logs to follow".into(),
         )));
     };
-    crate::feed::open(logs, state.metrics.clone(), since, params.group).await
+    let connection = connection.map(|axum::Extension(handle)| handle);
+    crate::feed::open(logs, state.metrics.clone(), since, params.group, connection).await
 }
 
 /// `GET /api/users/count`.

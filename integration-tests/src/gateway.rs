@@ -144,6 +144,21 @@ impl Gateway {
         self.proc.start();
     }
 
+    /// The OS process id while it runs (for `/proc/<pid>/status`).
+    pub fn pid(&mut self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Gateway::wait_exit`]).
+    pub fn sigterm(&mut self) {
+        self.proc.signal("TERM");
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_exit(timeout).await
+    }
+
     /// SIGTERM and wait (15 s at most) for the graceful exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         self.proc.terminate(crate::dbnode::TERMINATE_TIMEOUT).await

@@ -14,6 +14,7 @@
 //!   ([`CopyReader`]); [`Cluster::log_end`] and [`Cluster::log_entry`] read a partition's log;
 //!   [`Cluster::wait_caught_up`] waits until a node has applied its logs to the end.
 //!
+//! - [`probe`] reads what a process holds: its resident memory, the TCP sockets on a port.
 //! - [`feed`] reads a change feed as Server-Sent Events; [`Browser`] drives a headless
 //!   Chromium through chromedriver (WebDriver), screenshots into [`artifacts_dir`].
 //!
@@ -38,6 +39,7 @@ pub mod history;
 mod http;
 mod inspect;
 mod nats;
+pub mod probe;
 mod process;
 mod reply;
 mod tls;
