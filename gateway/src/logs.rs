@@ -113,7 +113,11 @@ impl Logs {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(timeout);
         let hints: Arc<Vec<_>> = Arc::new(map.all().map(|_| watch::Sender::new(0)).collect());
-        tokio::spawn(follow_hints(client.clone(), hints.clone(), shutdown.clone()));
+        tokio::spawn(follow_hints(
+            client.clone(),
+            hints.clone(),
+            shutdown.clone(),
+        ));
         Self {
             hints,
             client,
@@ -221,7 +225,11 @@ async fn follow_hints(
             };
             let Some(hint) = hint else { break };
             // ringstore.committed.{p}.…
-            let partition = hint.subject.split('.').nth(2).and_then(|p| p.parse::<usize>().ok());
+            let partition = hint
+                .subject
+                .split('.')
+                .nth(2)
+                .and_then(|p| p.parse::<usize>().ok());
             let Some(sender) = partition.and_then(|p| hints.get(p)) else {
                 continue;
             };
