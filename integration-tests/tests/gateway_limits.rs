@@ -430,9 +430,15 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
 #[tokio::test]
 async fn stalled_change_feeds_release_their_connections_and_buffers() {
     let write_timeout = Duration::from_millis(1000);
+    // An ended feed whose last bytes all fit in the kernel's send queue has no write left to
+    // time out: its connection is idle, and closed at the idle deadline (HEADER_TIMEOUT_MS, then
+    // a 1 s grace for a graceful close). Both bound how long it may be held.
+    let header_timeout = Duration::from_millis(2000);
+    let release = write_timeout.max(header_timeout) + Duration::from_secs(1);
     let mut cluster = Cluster::builder()
         .gateway_env("MAX_CHANGE_FEEDS", 32)
         .gateway_env("CHANGE_FEED_STALL_MS", 300)
+        .gateway_env("HEADER_TIMEOUT_MS", header_timeout.as_millis())
         .gateway_env("WRITE_TIMEOUT_MS", write_timeout.as_millis())
         .start()
         .await;
@@ -509,7 +515,7 @@ async fn stalled_change_feeds_release_their_connections_and_buffers() {
             )
         };
         let mut held = held_now();
-        while held.0 > 0 && ended_at.elapsed() < write_timeout + Duration::from_secs(5) {
+        while held.0 > 0 && ended_at.elapsed() < release + Duration::from_secs(3) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             held = held_now();
         }
