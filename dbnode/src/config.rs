@@ -1,4 +1,4 @@
-//! dbnode configuration: every setting is an env var and a `--flag` (DESIGN.md).
+//! dbnode configuration: every setting is an env var and a `--flag` (README, "Configuration").
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! REST authentication (DESIGN.md "Authentication"): API keys with scopes, stored hashed.
+//! REST authentication (docs/design.md "Authentication"): API keys with scopes, stored hashed.
 //!
 //! With `API_KEYS_FILE` set, every `/api/**` call needs `Authorization: Bearer <key>`:
 //! reads need the `read` scope, writes `write`, and `/api/cluster` and `/metrics` `admin`.

@@ -1,4 +1,4 @@
-//! Gateway configuration: every setting is an env var and a `--flag` (DESIGN.md).
+//! Gateway configuration: every setting is an env var and a `--flag` (README, "Configuration").
 
 use std::time::Duration;
 

@@ -9,7 +9,6 @@ use protocol::FieldError;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::idempotency::KeyedRequest;
 
 /// The largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -173,6 +172,25 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             Some(KeyedRequest(id)) => RequestId(id.clone()),
             None => RequestId(uuid::Uuid::now_v7().to_string()),
         })
+    }
+}
+
+/// The request id (and so the log-level identity) of a request made with an idempotency key,
+/// set by [`crate::idempotency::idempotent`] for the handlers.
+#[derive(Debug, Clone)]
+pub struct KeyedRequest(pub String);
+
+impl RequestId {
+    /// A UUID v4 derived from this request id: the id a create without one gets, the same on
+    /// every retry of the request.
+    pub fn generated_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = Sha256::digest(self.0.as_bytes());
+        let mut random = [0u8; 16];
+        random.copy_from_slice(&bytes[..16]);
+        uuid::Builder::from_random_bytes(random)
+            .into_uuid()
+            .to_string()
     }
 }
 

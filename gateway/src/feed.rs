@@ -1,5 +1,5 @@
 //! `GET /api/users/changes`: every committed change, as Server-Sent Events, read from the
-//! partition logs (DESIGN.md "Change feed").
+//! partition logs (docs/design.md "Change feed").
 //!
 //! Each partition's log is read by direct gets (never a consumer: docs/security.md), from the
 //! sequence after the feed's position on; the partitions' changes are merged as they come

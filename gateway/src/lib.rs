@@ -1,10 +1,10 @@
-//! ringstore gateway: the REST API of DESIGN.md over NATS request/reply.
+//! ringstore gateway: the REST API (docs/design.md) over NATS request/reply.
 //!
 //! Routes: `GET/PUT/PATCH/DELETE /api/user/{id}`, `POST/PUT /api/user` (and `/api/user/`),
 //! `GET /api/users` (LIST, cursor pagination), `GET /api/users/count`,
 //! `GET /api/cluster`, `/health`, `/ready`, `/metrics`, `/openapi.json`. Each request goes to
 //! `ringstore.part.{p}.{primary|replica}.{op}` for the record's partition, failing over to the
-//! other copy; presence heartbeats (`ringstore.presence.*`) steer around silent nodes.
+//! other copy; node pings (`ringstore.node.{node}.ping`) steer around silent nodes.
 
 pub mod auth;
 mod config;
@@ -24,6 +24,7 @@ mod openapi;
 pub mod presence;
 mod routes;
 mod server;
+mod state;
 mod status;
 pub mod store;
 
@@ -40,7 +41,7 @@ pub use error::ApiError;
 pub use limit::App;
 pub use metrics::Metrics;
 use protocol::PartitionMap;
-pub use routes::AppState;
+pub use state::AppState;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -56,43 +57,46 @@ pub fn app(state: AppState) -> App {
     // client likes, so a write that takes longer than MAX_REQUEST_MS in all is answered 408.
     // Idempotency keys apply to writes too, once routed (an unknown method is 405, whatever
     // its headers). Reads pay for neither.
-    let keyed = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
+    let keyed = axum::middleware::from_fn_with_state(state.keys.clone(), idempotency::idempotent);
     let slow_body = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
             ApiError::RequestTimeout
         }))
         .timeout(state.max_request);
-    let user_root = post(routes::create_user)
-        .put(routes::update_user)
+    let user_root = post(routes::users::create_user)
+        .put(routes::users::update_user)
         .route_layer(keyed.clone())
         .route_layer(slow_body.clone());
-    let user_one = put(routes::put_user)
-        .patch(routes::patch_user)
-        .delete(routes::delete_user)
+    let user_one = put(routes::users::put_user)
+        .patch(routes::users::patch_user)
+        .delete(routes::users::delete_user)
         .route_layer(keyed)
         .route_layer(slow_body);
     let router = Router::new()
         .route("/api/user", user_root.clone())
         .route("/api/user/", user_root)
-        .route("/api/user/{id}", get(routes::get_user).merge(user_one))
-        .route("/api/users", get(routes::list_users))
-        .route("/api/users/count", get(routes::count_users))
-        .route("/api/cluster", get(routes::cluster))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(routes::openapi))
-        .route("/api/users/changes", get(routes::changes))
-        .route("/status", get(status::page))
-        .route("/status/app.js", get(status::script))
-        .route("/status/style.css", get(status::style))
+        .route(
+            "/api/user/{id}",
+            get(routes::users::get_user).merge(user_one),
+        )
+        .route("/api/users", get(routes::users::list_users))
+        .route("/api/users/count", get(routes::users::count_users))
+        .route("/api/cluster", get(routes::ops::cluster))
+        .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
+        .route("/api/users/changes", get(routes::changes::changes))
+        .route("/status", get(crate::status::page))
+        .route("/status/app.js", get(crate::status::script))
+        .route("/status/style.css", get(crate::status::style))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // Without API_KEYS_FILE every caller is the same anonymous one: no layer at all.
     let router = match &state.api_keys {
         Some(keys) => router.layer(axum::middleware::from_fn_with_state(
             keys.clone(),
-            auth::authenticate,
+            crate::auth::authenticate,
         )),
         None => router,
     };
@@ -100,9 +104,9 @@ pub fn app(state: AppState) -> App {
     let router = router
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
-            metrics::track,
+            crate::metrics::track,
         ))
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(DefaultBodyLimit::max(crate::extract::MAX_BODY))
         .with_state(state);
     App::new(router, max_concurrent, metrics)
 }
@@ -126,69 +130,95 @@ async fn connect(config: &Config, disconnects: Disconnects) -> anyhow::Result<as
         .map_err(|e| anyhow::anyhow!("NATS: {e}"))
 }
 
-/// Serves the REST API until `shutdown`, then stops accepting, finishes in-flight requests
-/// and drains NATS.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    info!(url = config.nats.url, "connecting to NATS");
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
-        _ => None,
+/// The API keys of `API_KEYS_FILE`; `None` (and a loud warning) without one.
+fn api_keys(config: &Config) -> anyhow::Result<Option<Arc<auth::ApiKeys>>> {
+    let Some(path) = &config.api_keys_file else {
+        warn!(
+            "API_KEYS_FILE is not set: the REST API is open to anyone who can reach it \
+             (local development only)"
+        );
+        return Ok(None);
     };
-    let api_keys = match &config.api_keys_file {
-        Some(path) => {
-            let keys = auth::ApiKeys::load(path)?;
-            info!(path = %path.display(), "REST authentication on");
-            Some(Arc::new(keys))
-        }
-        None => {
-            warn!(
-                "API_KEYS_FILE is not set: the REST API is open to anyone who can reach it \
-                 (local development only)"
-            );
-            None
-        }
-    };
-    let disconnects = Disconnects::default();
-    let client = connect(&config, disconnects.clone()).await?;
+    let keys = auth::ApiKeys::load(path)?;
+    info!(path = %path.display(), "REST authentication on");
+    Ok(Some(Arc::new(keys)))
+}
+
+/// What the handlers share, over `client`: the partition calls, the key store, the logs.
+fn state(
+    config: &Config,
+    client: &async_nats::Client,
+    disconnects: &Disconnects,
+    presence: Arc<PresenceTable>,
+    api_keys: Option<Arc<auth::ApiKeys>>,
+    shutdown: &CancellationToken,
+) -> AppState {
     let map = PartitionMap::new(config.partitions);
-    let presence = Arc::new(PresenceTable::default());
-    let follower = tokio::spawn(
-        presence
-            .clone()
-            .follow(client.clone(), map, shutdown.clone()),
-    );
+    let timeout = config.request_timeout();
     let metrics = Arc::new(Metrics::default());
     let logs = logs::Logs::new(
         client.clone(),
         map,
-        config.request_timeout(),
+        timeout,
         config.feed_limits(),
         shutdown.clone(),
     );
     let store = NatsStore::new(
         client.clone(),
         map,
-        config.request_timeout(),
+        timeout,
         config.read_from,
         presence.clone(),
         metrics.clone(),
         disconnects.clone(),
     );
-    let state = AppState {
+    let keys = idempotency::Retrying::new(
+        idempotency::NatsKeys::new(client.clone(), timeout),
+        timeout,
+        disconnects.clone(),
+    );
+    AppState {
         store: Arc::new(store),
-        metrics: metrics.clone(),
+        metrics,
         presence,
-        keys: Arc::new(idempotency::Retrying::new(
-            idempotency::NatsKeys::new(client.clone(), config.request_timeout()),
-            config.request_timeout(),
-            disconnects.clone(),
-        )),
-        keys_abandoned_after: 2 * config.request_timeout() + Duration::from_secs(1),
+        keys: idempotency::Keys {
+            store: Arc::new(keys),
+            abandoned_after: 2 * timeout + Duration::from_secs(1),
+        },
         max_concurrent: config.max_concurrent_requests,
         max_request: config.max_request(),
         api_keys,
         logs: Some(Arc::new(logs)),
+    }
+}
+
+/// Serves the REST API until `shutdown`, then stops accepting, finishes in-flight requests
+/// and drains NATS, all within `SHUTDOWN_TIMEOUT_MS`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    info!(url = config.nats.url, "connecting to NATS");
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
     };
+    let api_keys = api_keys(&config)?;
+    let disconnects = Disconnects::default();
+    let client = connect(&config, disconnects.clone()).await?;
+    let presence = Arc::new(PresenceTable::default());
+    let map = PartitionMap::new(config.partitions);
+    let follower = tokio::spawn(
+        presence
+            .clone()
+            .follow(client.clone(), map, shutdown.clone()),
+    );
+    let state = state(
+        &config,
+        &client,
+        &disconnects,
+        presence,
+        api_keys,
+        &shutdown,
+    );
+    let metrics = state.metrics.clone();
     let addr = SocketAddr::from(([0, 0, 0, 0], config.rest_port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };

@@ -8,8 +8,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 use protocol::Presence;
 
@@ -69,130 +68,99 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Each metric is registered in the gateway's registry as it is made, once.
+const REGISTERED: &str = "a valid metric, registered once";
+
 impl Default for Metrics {
     fn default() -> Self {
+        use prometheus::{
+            register_histogram_vec_with_registry as histogram_vec,
+            register_int_counter_vec_with_registry as counter_vec,
+            register_int_counter_with_registry as counter,
+            register_int_gauge_vec_with_registry as gauge_vec,
+            register_int_gauge_with_registry as gauge,
+        };
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+        let r = &registry;
+        let by_route = &["route", "method", "status"];
+        let by_copy = &["node", "partition", "role"];
+        Self {
+            http_requests: counter_vec!(
                 "ringstore_http_requests_total",
                 "HTTP requests by route, method and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
+                by_route,
+                r
+            ).expect(REGISTERED),
+            http_latency: histogram_vec!(
                 "ringstore_http_request_duration_seconds",
                 "HTTP request latency",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let nats_latency = HistogramVec::new(
-            HistogramOpts::new(
+                by_route,
+                BUCKETS.to_vec(),
+                r
+            ).expect(REGISTERED),
+            nats_latency: histogram_vec!(
                 "ringstore_nats_request_duration_seconds",
                 "NATS request latency by op, role and outcome",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["op", "role", "outcome"],
-        )
-        .expect("valid metric");
-        let partition_gauge = |name: &str, help: &str| {
-            IntGaugeVec::new(Opts::new(name, help), &["node", "partition", "role"])
-                .expect("valid metric")
-        };
-        let applied = partition_gauge(
-            "ringstore_partition_applied_sequence",
-            "Last log sequence a dbnode applied, from its heartbeat",
-        );
-        let lag = partition_gauge(
-            "ringstore_partition_replication_lag",
-            "Log entries a dbnode has not applied yet, from its heartbeat",
-        );
-        let heartbeat_age = IntGaugeVec::new(
-            Opts::new(
+                &["op", "role", "outcome"],
+                BUCKETS.to_vec(),
+                r
+            ).expect(REGISTERED),
+            applied: gauge_vec!(
+                "ringstore_partition_applied_sequence",
+                "Last log sequence a dbnode applied, as it last answered",
+                by_copy,
+                r
+            ).expect(REGISTERED),
+            lag: gauge_vec!(
+                "ringstore_partition_replication_lag",
+                "Log entries a dbnode has not applied yet, as it last answered",
+                by_copy,
+                r
+            ).expect(REGISTERED),
+            heartbeat_age: gauge_vec!(
                 "ringstore_node_heartbeat_age_ms",
-                "Milliseconds since a dbnode's heartbeat",
-            ),
-            &["node"],
-        )
-        .expect("valid metric");
-        let feeds_open = IntGauge::new("ringstore_change_feeds_open", "Change feeds open now")
-            .expect("valid metric");
-        let feeds_ended = IntCounterVec::new(
-            Opts::new(
+                "Milliseconds since a dbnode last answered this gateway's ping",
+                &["node"],
+                r
+            ).expect(REGISTERED),
+            feeds_open: gauge!("ringstore_change_feeds_open", "Change feeds open now", r).expect(REGISTERED),
+            feeds_ended: counter_vec!(
                 "ringstore_change_feeds_ended_total",
                 "Change feeds the gateway ended, by reason (slow-client, shutdown, log-unavailable)",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let shed = IntCounter::new(
-            "ringstore_http_requests_shed_total",
-            "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in progress \
-             (not counted in ringstore_http_requests_total)",
-        )
-        .expect("valid metric");
-        let impossible = IntCounterVec::new(
-            Opts::new(
+                &["reason"],
+                r
+            ).expect(REGISTERED),
+            shed: counter!(
+                "ringstore_http_requests_shed_total",
+                "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in progress \
+                 (not counted in ringstore_http_requests_total)",
+                r
+            ).expect(REGISTERED),
+            impossible: counter_vec!(
                 "ringstore_impossible_answers_total",
-                "dbnode answers claiming a log position the log does not have (ignored), by partition",
-            ),
-            &["partition"],
-        )
-        .expect("valid metric");
-        let connections_open = IntGauge::new(
-            "ringstore_http_connections_open",
-            "HTTP connections open now (TLS handshakes included)",
-        )
-        .expect("valid metric");
-        let connections_refused = IntCounter::new(
-            "ringstore_http_connections_refused_total",
-            "Connections closed at accept because MAX_CONNECTIONS were open",
-        )
-        .expect("valid metric");
-        let connections_closed = IntCounterVec::new(
-            Opts::new(
+                "dbnode answers claiming a log position the log does not have (ignored), by \
+                 partition",
+                &["partition"],
+                r
+            ).expect(REGISTERED),
+            connections_open: gauge!(
+                "ringstore_http_connections_open",
+                "HTTP connections open now (TLS handshakes included)",
+                r
+            ).expect(REGISTERED),
+            connections_refused: counter!(
+                "ringstore_http_connections_refused_total",
+                "Connections closed at accept because MAX_CONNECTIONS were open",
+                r
+            ).expect(REGISTERED),
+            connections_closed: counter_vec!(
                 "ringstore_http_connections_closed_total",
-                "Connections the gateway closed, by reason (header-timeout, idle, write-timeout, \
-                 aborted)",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        for metric in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_latency.clone()),
-            Box::new(nats_latency.clone()),
-            Box::new(applied.clone()),
-            Box::new(lag.clone()),
-            Box::new(heartbeat_age.clone()),
-            Box::new(feeds_open.clone()),
-            Box::new(feeds_ended.clone()),
-            Box::new(shed.clone()),
-            Box::new(impossible.clone()),
-            Box::new(connections_open.clone()),
-            Box::new(connections_refused.clone()),
-            Box::new(connections_closed.clone()),
-        ] {
-            registry.register(metric).expect("metric registered once");
-        }
-        Self {
+                "Connections the gateway closed, by reason (header-timeout, idle, \
+                 write-timeout, aborted)",
+                &["reason"],
+                r
+            ).expect(REGISTERED),
             registry,
-            http_requests,
-            http_latency,
-            nats_latency,
-            applied,
-            lag,
-            heartbeat_age,
-            feeds_open,
-            feeds_ended,
-            shed,
-            impossible,
-            connections_open,
-            connections_refused,
-            connections_closed,
         }
     }
 }

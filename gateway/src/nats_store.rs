@@ -1,5 +1,5 @@
 //! The real [`Store`]: NATS request/reply to the dbnode that holds the record's partition,
-//! with failover to the other copy and read-your-writes (DESIGN.md "Read path", step 4).
+//! with failover to the other copy and read-your-writes (docs/design.md "Read path", "Write path" step 5).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

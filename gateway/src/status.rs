@@ -1,4 +1,4 @@
-//! `GET /status`: the cluster as a page for people (DESIGN.md REST table). Plain HTML, CSS and
+//! `GET /status`: the cluster as a page for people (docs/design.md "REST API"). Plain HTML, CSS and
 //! JavaScript compiled into the binary (no build step); the page reads `/api/cluster` and
 //! follows `/api/users/changes` with the caller's API key, which it asks for when the gateway
 //! has `API_KEYS_FILE` and keeps in the tab's session storage only.

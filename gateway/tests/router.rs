@@ -1,4 +1,4 @@
-//! Router tests: every status code of DESIGN.md's REST table against an in-memory store.
+//! Router tests: every status code of the REST API (README, docs/design.md) against an in-memory store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,8 +42,10 @@ impl Api {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
             presence: Arc::new(PresenceTable::default()),
-            keys: keys.clone(),
-            keys_abandoned_after: Duration::from_secs(5),
+            keys: gateway::idempotency::Keys {
+                store: keys.clone(),
+                abandoned_after: Duration::from_secs(5),
+            },
             max_concurrent: MAX_CONCURRENT,
             max_request: Duration::from_secs(30),
             api_keys,

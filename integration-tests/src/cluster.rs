@@ -9,11 +9,8 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 
 use crate::gateway::Gateway;
-use crate::process::tail;
+use crate::process::dump_logs;
 use crate::{BinDir, ClusterBuilder, DbNode, Nats, NatsAuth};
-
-/// Log lines per process that [`Cluster::dump_logs`] prints.
-const DUMP_LINES: usize = 40;
 
 /// A running cluster of real processes in a temp dir (`KEEP_CLUSTER=1` keeps the dir).
 /// Dropping it SIGKILLs every process; when the test is panicking it first prints the last
@@ -262,24 +259,6 @@ impl Cluster {
     pub fn dump_logs(&self) {
         dump_logs(&self.logs_dir());
     }
-}
-
-/// Prints the last 40 lines of every log file in `dir` to stderr.
-pub(crate) fn dump_logs(dir: &Path) {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) => {
-            eprintln!("(no logs in {}: {e})", dir.display());
-            return;
-        }
-    };
-    files.sort();
-    for file in files {
-        let name = file.file_name().unwrap_or_default().to_string_lossy();
-        eprintln!("---------- last {DUMP_LINES} lines of {name} ----------");
-        eprintln!("{}", tail(&file, DUMP_LINES));
-    }
-    eprintln!("---------- end of logs ({}) ----------", dir.display());
 }
 
 impl Drop for Cluster {

@@ -5,10 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::auth::NatsUser;
-use crate::process::Proc;
-
-/// How long a dbnode may take to shut down gracefully after SIGTERM.
-pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::process::{Proc, TERMINATE_TIMEOUT};
 
 /// A `dbnode` process for node `db-{index}`. The data directory and the command line survive
 /// kills, so `start` after `kill9`/`terminate` is a restart of the same node.
@@ -181,7 +178,7 @@ pub async fn provision(
         Ok(Ok(status)) if status.success() => {}
         other => {
             // Why JetStream would not place a stream is in the servers' logs, beside this one.
-            crate::cluster::dump_logs(log.parent().unwrap_or(Path::new(".")));
+            crate::process::dump_logs(log.parent().unwrap_or(Path::new(".")));
             panic!("dbnode --provision failed ({other:?}); its log and the servers' are above");
         }
     }

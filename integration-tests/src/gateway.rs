@@ -161,6 +161,6 @@ impl Gateway {
 
     /// SIGTERM and wait (15 s at most) for the graceful exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        self.proc.terminate(crate::dbnode::TERMINATE_TIMEOUT).await
+        self.proc.terminate(crate::process::TERMINATE_TIMEOUT).await
     }
 }

@@ -10,6 +10,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// How many lines of each log [`dump_logs`] prints.
+const DUMP_LINES: usize = 40;
+
+/// How long a process stopped with SIGTERM may take to exit before it is killed.
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How often the harness looks at a process it waits for.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -203,4 +209,22 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// Prints the last 40 lines of every log file in `dir` to stderr.
+pub fn dump_logs(dir: &Path) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            eprintln!("(no logs in {}: {e})", dir.display());
+            return;
+        }
+    };
+    files.sort();
+    for file in files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!("---------- last {DUMP_LINES} lines of {name} ----------");
+        eprintln!("{}", tail(&file, DUMP_LINES));
+    }
+    eprintln!("---------- end of logs ({}) ----------", dir.display());
 }

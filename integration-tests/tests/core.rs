@@ -1,4 +1,4 @@
-//! Cluster scenarios for the core of DESIGN.md, each against its own cluster of real
+//! Cluster scenarios for the core of docs/design.md, each against its own cluster of real
 //! processes (nats-server, dbnodes, gateway): CRUD over HTTP with every status code, hostile
 //! ids, concurrent partial updates, a dbnode killed with -9 or wiped, NATS restarted, and a
 //! duplicate node id. Run `cargo build --workspace` first; `KEEP_CLUSTER=1` keeps the logs.

@@ -1,4 +1,4 @@
-//! Jepsen-style linearizability tests (DESIGN.md "Consistency guarantee"), against real
+//! Jepsen-style linearizability tests (docs/design.md "Consistency guarantee"), against real
 //! processes: six clients make creates, reads, updates, `If-Match` updates and deletes of six
 //! records (18 or 36 on the NATS cluster) through one gateway (`REQUEST_TIMEOUT_MS=1000`)
 //! while a nemesis injects one kind of fault — kill -9 and restart, SIGSTOP/SIGCONT of a

@@ -1,5 +1,5 @@
 //! The replication ring under failure, against real processes (nats-server, three dbnodes, the
-//! gateway): DESIGN.md "Write path, replication and failover", "Read path" and "Failure
+//! gateway): docs/design.md "Write path", "Replication", "Read path" and "Failure
 //! behaviour". A dbnode killed with -9 under write load, the original SIGTERM drill, a primary
 //! paused past the request timeout, a wiped disk, a whole-cluster restart, read-your-writes
 //! with a stalled replica, and a catch-up after 10,000 writes. Each scenario checks what the

@@ -1,4 +1,4 @@
-//! The `User` record and the request bodies that make and change it (DESIGN.md "The record"),
+//! The `User` record and the request bodies that make and change it (docs/design.md "The record"),
 //! as one typed model: serde reads them, [`garde`] checks the record rules, and (with the
 //! `openapi` feature) the same types are the OpenAPI schemas, built from the same constants.
 //!

@@ -1,4 +1,4 @@
-//! How one write is decided (DESIGN.md "Write path", steps 2, 4 and 7), free of the writer
+//! How one write is decided (docs/design.md "Write path"), free of the writer
 //! task's bookkeeping: decide on the record's latest known state, append conditional on that
 //! state being the record's latest log entry, and on a conflict read the latest entry from the
 //! log and decide again — until the write commits, is refused on a state the log confirms

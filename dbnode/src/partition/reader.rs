@@ -1,4 +1,4 @@
-//! Reads from the local copy (DESIGN.md "Read path"): a read is served once the copy is
+//! Reads from the local copy (docs/design.md "Read path"): a read is served once the copy is
 //! readable at the sequence the gateway asks for (read-your-writes), in the log epoch it names,
 //! and its answer names the sequence it reflects.
 

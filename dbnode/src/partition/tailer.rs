@@ -139,6 +139,8 @@ struct Want {
     /// The log's end as an identity check read it before a fetch that then found nothing
     /// left: checks that read the same end need no fetch (its last sequences were purged).
     end_drained: u64,
+    /// Fetches that failed in a row.
+    failures: u32,
 }
 
 impl Want {
@@ -151,29 +153,28 @@ impl Want {
     }
 }
 
+/// A fetch's result: the reader back, the batch, when it was sent, and the log's end as the
+/// checks knew it then.
+type Fetched = (
+    runtime::LogReader,
+    Result<Batch, LogReadError>,
+    Instant,
+    u64,
+);
+
 /// One session: reads the log from the applied sequence on until an error, a changed log or
-/// `shutdown`.
+/// `shutdown`. The loop only waits; what each event means is [`Session`]'s.
 async fn tail(
     partition: &Partition,
     state: LogState,
     shutdown: &CancellationToken,
 ) -> Result<(), Retail> {
-    let p = partition.id;
     let opened = futures::future::try_join(partition.log.reader(), partition.log.hints()).await;
     let (reader, mut hints) = opened.map_err(|e| {
-        warn!(partition = p, error = %e, "cannot read the log; retrying");
+        warn!(partition = partition.id, error = %e, "cannot read the log; retrying");
         Retail
     })?;
-    debug!(
-        partition = p,
-        from = partition.applied() + 1,
-        "tailing the log"
-    );
-    // The copy equals a prefix of the log if it did when the last session ended, or if it has
-    // applied up to the log's end (every record's latest entry is at or below it).
-    let applied = partition.applied();
-    let mut gap = partition.readable() < applied && applied < state.last;
-    settle(partition, gap);
+    let mut session = Session::new(partition, state);
     let mut check = tokio::time::interval(IDENTITY_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
@@ -183,101 +184,164 @@ async fn tail(
     let mut checking = FuturesUnordered::new();
     // The fetch in flight owns the reader and hands it back with its batch.
     let mut reader = Some(reader);
-    let mut fetching = None;
-    let mut want = Want {
-        fetch: true,
-        target: state.last,
-        retry: None,
-        end_seen: state.last,
-        end_drained: 0,
-    };
-    let mut failures = 0u32;
+    let mut fetching: Option<futures::future::BoxFuture<'static, Fetched>> = None;
     loop {
-        if want.fetch && fetching.is_none() {
-            if let Some(mut idle) = reader.take() {
-                want.fetch = false;
-                let (from, sent, end) = (partition.applied() + 1, Instant::now(), want.end_seen);
-                fetching = Some(Box::pin(async move {
-                    let batch = idle.fetch(from, BATCH).await;
-                    (idle, batch, sent, end)
-                }));
+        if session.want.fetch && fetching.is_none() {
+            if let Some(idle) = reader.take() {
+                fetching = Some(session.fetch(idle));
             }
         }
-        let retry_at = want.retry.map(|(at, _)| at);
+        let retry_at = session.want.retry.map(|(at, _)| at);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick(), if checking.len() < CHECKS_IN_FLIGHT => {
                 checking.push(check_identity(partition));
             }
-            Some(checked) = checking.next(), if !checking.is_empty() => match checked {
-                Some((now, false)) if now.epoch == state.epoch => {
-                    // A target past the log's end was never committed (a hint that lied).
-                    want.target = want.target.min(now.last);
-                    want.end_seen = now.last;
-                    if now.last > partition.applied() && now.last > want.end_drained {
-                        want.fetch = true;
-                    }
-                }
-                Some(_) => {
-                    info!(partition = p, "re-tailing a changed log");
-                    return Err(Retail);
-                }
-                None => {}
-            },
-            hint = hints.next() => {
-                let Some(hint) = hint else { return Err(Retail) };
-                // Hints are not trusted for anything but "look": a sequence the copy has applied
-                // needs no fetch, any other makes one.
-                let seq = runtime::log_reader::hinted_sequence(&hint).unwrap_or(u64::MAX);
-                if seq > partition.applied() {
-                    want.fetch = true;
-                }
-            }
-            _ = partition.committed.notified() => {
-                want.fetch = true;
-                want.target = want.target.max(partition.last_commit());
-            }
-            _ = sleep_until(retry_at), if retry_at.is_some() => want.fetch = true,
-            (idle, fetched, sent, end) = async { fetching.as_mut().expect("a fetch").await },
+            Some(checked) = checking.next(), if !checking.is_empty() => session.checked(checked)?,
+            hint = hints.next() => session.hinted(hint.ok_or(Retail)?),
+            _ = partition.committed.notified() => session.committed(),
+            _ = sleep_until(retry_at), if retry_at.is_some() => session.want.fetch = true,
+            (idle, batch, sent, end) = async { fetching.as_mut().expect("a fetch").await },
                 if fetching.is_some() =>
             {
                 fetching = None;
                 reader = Some(idle);
-                let batch = match fetched {
-                    Ok(batch) => batch,
-                    Err(LogReadError::Nats(e)) => {
-                        warn!(partition = p, error = %e, "cannot read the log; re-tailing");
-                        return Err(Retail);
-                    }
-                    Err(e) => {
-                        // An election, a server going away: the next fetch, soon, may find a
-                        // leader again.
-                        failures += 1;
-                        if failures == 1 || failures.is_power_of_two() {
-                            warn!(partition = p, error = %e, failures, "reading the log failed; retrying");
-                        }
-                        want.again(FAILED_RETRY, RETRY);
-                        continue;
-                    }
-                };
-                failures = 0;
-                want.retry = None;
-                if let Err(e) = apply_batch(partition, &batch, &mut gap) {
-                    warn!(partition = p, error = %e, "apply failed; re-tailing");
-                    return Err(Retail);
-                }
-                settle(partition, gap);
-                if batch.pending == Some(0) {
-                    want.end_drained = want.end_drained.max(end);
-                    partition.drained.send_replace(Some(sent));
-                    if partition.applied() < want.target {
-                        want.again(BEHIND_RETRY, BEHIND_RETRY_MAX);
-                    }
-                } else {
-                    want.fetch = true;
-                }
+                session.fetched(batch, sent, end)?;
             }
         }
+    }
+}
+
+/// A tail session's state: the gap, what it wants of the log, and what each event does.
+struct Session<'a> {
+    partition: &'a Partition,
+    epoch: u64,
+    gap: bool,
+    want: Want,
+}
+
+impl<'a> Session<'a> {
+    fn new(partition: &'a Partition, state: LogState) -> Self {
+        debug!(
+            partition = partition.id,
+            from = partition.applied() + 1,
+            "tailing the log"
+        );
+        // The copy equals a prefix of the log if it did when the last session ended, or if it
+        // has applied up to the log's end (every record's latest entry is at or below it).
+        let applied = partition.applied();
+        let gap = partition.readable() < applied && applied < state.last;
+        settle(partition, gap);
+        Self {
+            partition,
+            epoch: state.epoch,
+            gap,
+            want: Want {
+                fetch: true,
+                target: state.last,
+                retry: None,
+                end_seen: state.last,
+                end_drained: 0,
+                failures: 0,
+            },
+        }
+    }
+
+    /// Starts a fetch from the applied sequence on with `reader`.
+    fn fetch(
+        &mut self,
+        mut reader: runtime::LogReader,
+    ) -> futures::future::BoxFuture<'static, Fetched> {
+        self.want.fetch = false;
+        let (from, sent, end) = (
+            self.partition.applied() + 1,
+            Instant::now(),
+            self.want.end_seen,
+        );
+        Box::pin(async move {
+            let batch = reader.fetch(from, BATCH).await;
+            (reader, batch, sent, end)
+        })
+    }
+
+    /// An identity check answered: a changed log ends the session; a log past the copy (and
+    /// past what a drained fetch already saw) makes a fetch.
+    fn checked(&mut self, checked: Option<(LogState, bool)>) -> Result<(), Retail> {
+        match checked {
+            Some((now, false)) if now.epoch == self.epoch => {
+                // A target past the log's end was never committed (a hint that lied).
+                self.want.target = self.want.target.min(now.last);
+                self.want.end_seen = now.last;
+                if now.last > self.partition.applied() && now.last > self.want.end_drained {
+                    self.want.fetch = true;
+                }
+                Ok(())
+            }
+            Some(_) => {
+                info!(partition = self.partition.id, "re-tailing a changed log");
+                Err(Retail)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A commit hint came. Hints are not trusted for anything but "look": a sequence the copy
+    /// has applied needs no fetch, any other makes one.
+    fn hinted(&mut self, hint: async_nats::Message) {
+        let seq = runtime::log_reader::hinted_sequence(&hint).unwrap_or(u64::MAX);
+        if seq > self.partition.applied() {
+            self.want.fetch = true;
+        }
+    }
+
+    /// This node's writer committed: read it now, and keep reading until it is applied.
+    fn committed(&mut self) {
+        self.want.fetch = true;
+        self.want.target = self.want.target.max(self.partition.last_commit());
+    }
+
+    /// A fetch sent at `sent` (when the checks knew the log's end as `end`) came back.
+    fn fetched(
+        &mut self,
+        fetched: Result<Batch, LogReadError>,
+        sent: Instant,
+        end: u64,
+    ) -> Result<(), Retail> {
+        let p = self.partition.id;
+        let batch = match fetched {
+            Ok(batch) => batch,
+            Err(LogReadError::Nats(e)) => {
+                warn!(partition = p, error = %e, "cannot read the log; re-tailing");
+                return Err(Retail);
+            }
+            Err(e) => {
+                // An election, a server going away: the next fetch, soon, may find a leader.
+                self.want.failures += 1;
+                let failures = self.want.failures;
+                if failures == 1 || failures.is_power_of_two() {
+                    warn!(partition = p, error = %e, failures, "reading the log failed; retrying");
+                }
+                self.want.again(FAILED_RETRY, RETRY);
+                return Ok(());
+            }
+        };
+        self.want.failures = 0;
+        self.want.retry = None;
+        if let Err(e) = apply_batch(self.partition, &batch, &mut self.gap) {
+            warn!(partition = p, error = %e, "apply failed; re-tailing");
+            return Err(Retail);
+        }
+        settle(self.partition, self.gap);
+        if batch.pending != Some(0) {
+            self.want.fetch = true;
+            return Ok(());
+        }
+        self.want.end_drained = self.want.end_drained.max(end);
+        self.partition.drained.send_replace(Some(sent));
+        if self.partition.applied() < self.want.target {
+            self.want.again(BEHIND_RETRY, BEHIND_RETRY_MAX);
+        }
+        Ok(())
     }
 }
 

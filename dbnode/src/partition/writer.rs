@@ -1,4 +1,4 @@
-//! The partition's writer (DESIGN.md "Write path", steps 2, 4 and 7): one task owns every
+//! The partition's writer (docs/design.md "Write path"): one task owns every
 //! write of the partition, and [`super::decision`] decides each one. Writes arrive over a
 //! channel; writes to one record run one at a time, writes to different records concurrently,
 //! each append conditional on **its record's latest log entry**

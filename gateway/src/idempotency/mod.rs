@@ -27,7 +27,7 @@ use tracing::warn;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::extract::{KeyedRequest, MAX_BODY};
 
 mod memory;
 mod nats;
@@ -42,11 +42,6 @@ pub const MAX_KEY_LEN: usize = 255;
 
 /// The header that marks a replayed response.
 pub const REPLAYED: &str = "idempotent-replayed";
-
-/// The request id (and so the log-level identity) of a request made with an idempotency key,
-/// set by [`idempotent`] for the handlers.
-#[derive(Debug, Clone)]
-pub struct KeyedRequest(pub String);
 
 /// A response as stored with its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,24 +164,19 @@ fn digest(parts: &[&[u8]]) -> String {
     hex::encode(hash.finalize())
 }
 
-/// A UUID v4 derived from `request_id`: the id a create without one gets, the same on every
-/// retry of the request.
-pub fn generated_id(request_id: &str) -> String {
-    let bytes = Sha256::digest(request_id.as_bytes());
-    let mut random = [0u8; 16];
-    random.copy_from_slice(&bytes[..16]);
-    uuid::Builder::from_random_bytes(random)
-        .into_uuid()
-        .to_string()
+/// The keys the middleware works with: where they are kept, and after how long a key whose
+/// first request never finished may be taken over.
+#[derive(Clone)]
+pub struct Keys {
+    /// The store.
+    pub store: Arc<dyn KeyStore>,
+    /// A key still pending after this long is taken over by its next request.
+    pub abandoned_after: std::time::Duration,
 }
 
 /// Middleware on the write routes: answers, refuses or performs a request that carries an
 /// `Idempotency-Key`, and stores the response of one it performed.
-pub async fn idempotent(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn idempotent(State(keys): State<Keys>, request: Request, next: Next) -> Response {
     let Some(key) = request.headers().get("idempotency-key") else {
         return next.run(request).await;
     };
@@ -204,7 +194,7 @@ pub async fn idempotent(
         }
     };
     let (mut parts, body) = request.into_parts();
-    let Ok(body) = to_bytes(body, crate::extract::MAX_BODY).await else {
+    let Ok(body) = to_bytes(body, MAX_BODY).await else {
         return ApiError::PayloadTooLarge.into_response();
     };
     let target = parts.uri.path_and_query().map_or("", |t| t.as_str());
@@ -222,13 +212,7 @@ pub async fn idempotent(
     );
     parts.extensions.insert(KeyedRequest(request_id));
 
-    let claimed = claim(
-        &*state.keys,
-        &store_key,
-        &fingerprint,
-        state.keys_abandoned_after,
-    )
-    .await;
+    let claimed = claim(&*keys.store, &store_key, &fingerprint, keys.abandoned_after).await;
     let revision = match claimed {
         Err(KeyStoreError::Full(_)) => return ApiError::KeysFull.into_response(),
         Err(KeyStoreError::Unavailable(e)) => return ApiError::KeysUnavailable(e).into_response(),
@@ -240,7 +224,7 @@ pub async fn idempotent(
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     if response.status().is_server_error() {
         // No definite outcome: let a retry perform it again (same request id: at most once).
-        if let Err(e) = state.keys.delete(&store_key).await {
+        if let Err(e) = keys.store.delete(&store_key).await {
             warn!(error = %e, "cannot release an idempotency key");
         }
         return response;
@@ -262,7 +246,7 @@ pub async fn idempotent(
         response: Some(stored),
         claim: String::new(),
     };
-    if let Err(e) = state.keys.update(&store_key, &done, revision).await {
+    if let Err(e) = keys.store.update(&store_key, &done, revision).await {
         // A retry finds the key pending, then abandoned, and performs the request again under
         // the same request id: the log answers it with the first outcome.
         warn!(error = %e, "cannot store an idempotent response");
