@@ -117,6 +117,12 @@ impl Cluster {
         send(&format!("PATCH {id:?}"), request).await
     }
 
+    /// The gateway's `/metrics`, as Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = send("metrics", self.request(Method::GET, "/metrics")).await;
+        response.text().await.expect("the metrics text")
+    }
+
     /// `DELETE /api/user/{id}`.
     pub async fn delete(&self, id: &str) -> Response {
         send(
@@ -125,6 +131,15 @@ impl Cluster {
         )
         .await
     }
+}
+
+/// The value of the sample `name` (with its labels, if any) in the Prometheus text `metrics`;
+/// 0 when absent.
+pub fn metric_sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Sends `request`; panics with `what` if no HTTP answer comes (connection refused, timeout).

@@ -57,7 +57,7 @@ pub use crate::builder::ClusterBuilder;
 pub use crate::cluster::Cluster;
 pub use crate::dbnode::DbNode;
 pub use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
-pub use crate::http::{client, encode_segment, send, user_path, REQUEST_TIMEOUT};
+pub use crate::http::{client, encode_segment, metric_sample, send, user_path, REQUEST_TIMEOUT};
 pub use crate::inspect::CopyReader;
 pub use crate::nats::Nats;
 pub use crate::reply::{etag, etag_of, expect, expect_problem, HttpReply};

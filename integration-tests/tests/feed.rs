@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use integration_tests::feed::{self, Change, Feed, Next, Sse};
-use integration_tests::{eventually, expect, expect_problem, send, Cluster};
+use integration_tests::{eventually, expect, expect_problem, metric_sample, send, Cluster};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -257,19 +257,6 @@ async fn a_feed_follows_every_write_across_a_gateway_restart() {
     assert_eq!(got, written, "every write once, across both restarts");
 }
 
-/// The value of a metric sample in the Prometheus text `metrics`.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(cluster: &Cluster) -> String {
-    let response = send("metrics", cluster.request(Method::GET, "/metrics")).await;
-    response.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_client_that_stops_reading_is_ended_not_buffered_for_and_resumes() {
     let cluster = Cluster::builder()
@@ -295,7 +282,8 @@ async fn a_client_that_stops_reading_is_ended_not_buffered_for_and_resumes() {
         .await
         .unwrap();
     eventually(Duration::from_secs(10), || async {
-        (sample(&metrics(&cluster).await, "ringstore_change_feeds_open") == 1.0).then_some(())
+        (metric_sample(&cluster.metrics().await, "ringstore_change_feeds_open") == 1.0)
+            .then_some(())
     })
     .await;
 
@@ -304,7 +292,7 @@ async fn a_client_that_stops_reading_is_ended_not_buffered_for_and_resumes() {
     let mut written = 0;
     let cluster = &cluster;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while sample(&metrics(cluster).await, ended) < 1.0 {
+    while metric_sample(&cluster.metrics().await, ended) < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled feed was never ended after {written} writes"
@@ -320,7 +308,7 @@ async fn a_client_that_stops_reading_is_ended_not_buffered_for_and_resumes() {
     }
     eprintln!("ended after {written} writes");
     assert_eq!(
-        sample(&metrics(cluster).await, "ringstore_change_feeds_open"),
+        metric_sample(&cluster.metrics().await, "ringstore_change_feeds_open"),
         0.0
     );
 

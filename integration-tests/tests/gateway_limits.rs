@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use integration_tests::probe::{rss_kib, sockets_on, TCP_ESTABLISHED};
-use integration_tests::{eventually, expect, send, Cluster};
+use integration_tests::{eventually, expect, metric_sample, Cluster};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,19 +44,6 @@ async fn closed_after(
             Ok(Ok(_)) => {}
         }
     }
-}
-
-/// The value of a metric sample in the Prometheus text `metrics` (0 when absent).
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(cluster: &Cluster) -> String {
-    let response = send("metrics", cluster.request(Method::GET, "/metrics")).await;
-    response.text().await.unwrap()
 }
 
 /// The HTTP/2 connection preface of a client.
@@ -416,9 +403,9 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
         response.status().is_success().then_some(())
     })
     .await;
-    let text = metrics(&cluster).await;
+    let text = cluster.metrics().await;
     assert!(
-        sample(&text, "ringstore_http_connections_refused_total") >= 8.0,
+        metric_sample(&text, "ringstore_http_connections_refused_total") >= 8.0,
         "{}",
         text.lines()
             .filter(|l| l.contains("connections"))
@@ -478,7 +465,8 @@ async fn stalled_change_feeds_release_their_connections_and_buffers() {
             stalled.push(stream);
         }
         eventually(Duration::from_secs(10), || async {
-            (sample(&metrics(cluster).await, "ringstore_change_feeds_open") == 32.0).then_some(())
+            (metric_sample(&cluster.metrics().await, "ringstore_change_feeds_open") == 32.0)
+                .then_some(())
         })
         .await;
 
@@ -487,7 +475,7 @@ async fn stalled_change_feeds_release_their_connections_and_buffers() {
         // first under this machine's load.
         eprintln!("== round {round}: writes until the gateway has ended all 32");
         let deadline = Instant::now() + Duration::from_secs(180);
-        while sample(&metrics(cluster).await, "ringstore_change_feeds_open") > 0.0 {
+        while metric_sample(&cluster.metrics().await, "ringstore_change_feeds_open") > 0.0 {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: not all ended after {written} writes"
@@ -541,7 +529,7 @@ async fn stalled_change_feeds_release_their_connections_and_buffers() {
     }
     eprintln!("== phase: others are served");
     expect(cluster.get("anyone").await, 404).await;
-    let text = metrics(cluster).await;
+    let text = cluster.metrics().await;
     for line in text.lines().filter(|l| {
         l.starts_with("ringstore_http_connections_closed_total")
             || l.starts_with("ringstore_change_feeds_ended_total")
@@ -605,7 +593,7 @@ async fn an_http2_feed_stalled_by_flow_control_loses_its_connection_once_ended()
     let cluster = &cluster;
     let mut written = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sample(&metrics(cluster).await, ended) < 1.0 {
+    while metric_sample(&cluster.metrics().await, ended) < 1.0 {
         assert!(
             Instant::now() < deadline,
             "not ended after {written} writes"
@@ -630,7 +618,7 @@ async fn an_http2_feed_stalled_by_flow_control_loses_its_connection_once_ended()
     );
     let aborted = r#"ringstore_http_connections_closed_total{reason="aborted"}"#;
     eventually(Duration::from_secs(5), || async {
-        (sample(&metrics(cluster).await, aborted) == 1.0).then_some(())
+        (metric_sample(&cluster.metrics().await, aborted) == 1.0).then_some(())
     })
     .await;
     expect(cluster.get("anyone").await, 404).await;
