@@ -5,8 +5,8 @@
 //! The writer sees the log through the [`Log`] trait (conditional append, a record's latest
 //! entry, the duplicate-window probe), so that its interleavings can be tested against an
 //! in-memory log; [`PartitionLog`] is the JetStream implementation, which also serves the
-//! tailer (direct reads from a sequence on, and the commit hints the stream republishes) and
-//! the log's identity.
+//! tailer (direct reads from a sequence on, and the writers' commit hints) and the log's
+//! identity.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use async_nats::jetstream::{
     self,
     context::PublishErrorKind,
     message::PublishMessage,
-    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, Republish, StorageType},
+    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, StorageType},
 };
 use futures::future::BoxFuture;
 use protocol::{subjects, LogEntry, PartitionId};
@@ -115,11 +115,6 @@ impl PartitionLog {
             allow_direct: true,
             duplicate_window: dedupe,
             num_replicas: replicas,
-            republish: Some(Republish {
-                source: subjects::log_filter(partition),
-                destination: subjects::committed_filter(partition),
-                headers_only: true,
-            }),
             ..Default::default()
         }
     }
@@ -141,17 +136,7 @@ impl PartitionLog {
             .get_or_create_stream(wanted.clone())
             .await
             .map_err(unavailable)?;
-        let mut found = stream.cached_info().config.clone();
-        if found.republish != wanted.republish {
-            // A log made before reads followed commit hints: where this identity may (as
-            // `--provision` does), the hints are added; elsewhere the check below refuses it.
-            let mut upgraded = found.clone();
-            upgraded.republish = wanted.republish.clone();
-            if let Ok(info) = js.update_stream(&upgraded).await {
-                found = info.config;
-            }
-        }
-        let found = &found;
+        let found = &stream.cached_info().config;
         let mut wrong = Vec::new();
         let mut check = |what: &str, ok: bool, found: String| {
             if !ok {
@@ -184,11 +169,6 @@ impl PartitionLog {
             format!("{:?}", found.max_age),
         );
         check("sealed", !found.sealed, found.sealed.to_string());
-        check(
-            "republish",
-            found.republish == wanted.republish,
-            format!("{:?}", found.republish),
-        );
         check(
             "allow_direct",
             found.allow_direct,
@@ -294,8 +274,24 @@ impl PartitionLog {
             .map_err(unavailable)
     }
 
+    /// Tells the partition's other readers (the other copy's tailer, the gateways' change
+    /// feeds) that the log holds an entry at `seq` ([`subjects::committed_subject`]). A hint,
+    /// never data: whoever reads it then reads the log.
+    pub async fn hint(&self, seq: u64) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Sequence", seq.to_string().as_str());
+        let subject = subjects::committed_subject(self.partition);
+        if let Err(e) = self
+            .client
+            .publish_with_headers(subject, headers, "".into())
+            .await
+        {
+            tracing::debug!(partition = self.partition, error = %e, "commit hint not sent");
+        }
+    }
+
     /// The log's commit hints ([`subjects::committed_filter`]): a message soon after every
-    /// entry the log stores, naming its sequence.
+    /// entry a writer commits, naming its sequence.
     pub async fn hints(&self) -> Result<async_nats::Subscriber, LogError> {
         self.client
             .subscribe(subjects::committed_filter(self.partition))

@@ -87,6 +87,7 @@ pub fn node(map: &PartitionMap, node: NodeId) -> Permissions {
     ];
     for (p, role) in map.hosted(node) {
         publish.push(subjects::log_filter(p));
+        publish.push(subjects::committed_filter(p));
         publish.extend(log_reads(p));
         subscribe.push(format!("{}.>", subjects::partition_group(p, role)));
         subscribe.push(subjects::committed_filter(p));
@@ -166,14 +167,16 @@ fn crossings(map: &PartitionMap) -> (Vec<Crossing>, Vec<Crossing>) {
     ring.push(service(bucket[0].clone(), &both, false));
     ring.push(service(bucket[1].clone(), &[GATEWAY_ACCOUNT], false));
     ring.push(service(bucket[2].clone(), &[GATEWAY_ACCOUNT], false));
-    ring.push(Crossing {
-        subject: subjects::COMMITTED_ALL.to_owned(),
-        stream: true,
-        to: both.to_vec(),
-        streamed: false,
-    });
     let to = [GATEWAY_ACCOUNT, RING_ACCOUNT];
     let nodes = vec![
+        // The writers' commit hints, for the gateways' change feeds (the dbnodes hear them in
+        // their own account).
+        Crossing {
+            subject: subjects::COMMITTED_ALL.to_owned(),
+            stream: true,
+            to: to.to_vec(),
+            streamed: false,
+        },
         service("ringstore.part.>".to_owned(), &to, false),
         service("ringstore.node.*.ping".to_owned(), &to, false),
         service("$SRV.>".to_owned(), &to, true),

@@ -109,13 +109,20 @@ pub fn check_subject(p: PartitionId) -> String {
     format!("ringstore.log.{p}.check")
 }
 
-/// `ringstore.committed.{p}.>`: where partition `p`'s stream republishes the headers of every
-/// entry it stores (JetStream's `republish`, headers only: `Nats-Sequence` and the entry's
-/// subject), so that the copies and the change feeds read the log as soon as it moves instead
-/// of polling it. A hint, never data: whatever arrives here only makes a reader look at the
-/// log, whose entries it reads by direct gets to its own inbox.
+/// `ringstore.committed.{p}.>`: partition `p`'s commit hints. The writer that commits an entry
+/// (the primary, or the replica in a takeover) publishes its sequence there
+/// ([`committed_subject`], header `Nats-Sequence`), so that the other copy and the change
+/// feeds read the log as soon as it moves instead of polling it. A hint, never data: whatever
+/// arrives here only makes a reader look at the log, whose entries it reads by direct gets to
+/// its own inbox.
 pub fn committed_filter(p: PartitionId) -> String {
     format!("ringstore.committed.{p}.>")
+}
+
+/// `ringstore.committed.{p}.hint`: where a writer of partition `p` publishes its commits'
+/// sequences.
+pub fn committed_subject(p: PartitionId) -> String {
+    format!("ringstore.committed.{p}.hint")
 }
 
 /// `ringstore.committed.>`: every partition's commit hints.

@@ -12,7 +12,7 @@
 //! be caught up waits for; a log whose last sequences were purged has nothing left to deliver
 //! there, whatever its `last_seq` says.
 //!
-//! What moves a reader between fetches is up to it: the hints the stream republishes on
+//! What moves a reader between fetches is up to it: the writers' commit hints on
 //! [`protocol::subjects::committed_filter`], a timer, or a local commit.
 
 use std::time::Duration;
@@ -142,6 +142,62 @@ impl LogReader {
         }
     }
 }
+
+impl LogReader {
+    /// The entries at exactly the sequences `from..=to` (at most [`EXACT_MAX`]), asked all at
+    /// once, one direct get each: cheaper for the server than a batch, whose count of what is
+    /// left costs it a walk of the subjects of a block once the log has deleted entries (every
+    /// update deletes one). A sequence is absent when the log no longer holds it *or* when the
+    /// server that answered for it (any of the log's servers may) does not hold it yet: only
+    /// a batch, one server's answer, tells the two apart. The batch's `pending` is `None`: an
+    /// exact read says nothing of what follows `to`.
+    pub async fn fetch_exact(&mut self, from: u64, to: u64) -> Result<Batch, LogReadError> {
+        let to = to.min(from + EXACT_MAX - 1);
+        self.fetches += 1;
+        let tag = format!("{}.x{}", self.inbox, self.fetches);
+        for seq in from..=to {
+            let reply = format!("{tag}-{seq}");
+            let body = format!(r#"{{"seq":{seq}}}"#);
+            self.client
+                .publish_with_reply(self.request.clone(), reply, body.into())
+                .await
+                .map_err(|e| LogReadError::Nats(e.to_string()))?;
+        }
+        let mut answered = 0;
+        let mut batch = Batch::default();
+        let wanted = (to - from + 1) as usize;
+        let prefix = format!("{tag}-");
+        let collect = async {
+            while let Some(message) = self.answers.next().await {
+                if !message.subject.as_str().starts_with(&prefix) {
+                    continue; // an answer to an earlier fetch
+                }
+                answered += 1;
+                if let Answer::Entry(entry) = read(message)? {
+                    batch.messages.push(entry);
+                }
+                if answered == wanted {
+                    return Ok(());
+                }
+            }
+            Err(LogReadError::Nats("the reader's subscription ended".into()))
+        };
+        match tokio::time::timeout(self.timeout, collect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) if !batch.messages.is_empty() => {}
+            Err(_) => return Err(LogReadError::TimedOut(self.timeout)),
+        }
+        batch.messages.sort_by_key(|m| m.seq);
+        for message in &mut batch.messages {
+            message.pending = to - message.seq;
+        }
+        Ok(batch)
+    }
+}
+
+/// The most sequences one [`LogReader::fetch_exact`] asks for.
+pub const EXACT_MAX: u64 = 64;
 
 /// One message of a direct-get answer.
 enum Answer {

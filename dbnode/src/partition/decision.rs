@@ -57,6 +57,9 @@ pub(super) enum Learned {
     Nothing,
     /// The record's latest log entry, as of the write.
     Latest(Known),
+    /// This write committed `entry` at the known state's sequence: the latest entry, and one the
+    /// local copy can apply without reading it back from the log.
+    Committed(Known, LogEntry),
     /// The write's fate in the log is unknown (the log did not answer): forget what we knew.
     Unknown,
 }
@@ -107,10 +110,10 @@ pub(super) async fn resolve<L: Log + ?Sized>(
                 entry.record = record;
                 match log.append(&entry, base.seq).await {
                     Ok(Appended::Stored(seq)) => {
-                        let known = Known::from_entry(seq, entry);
+                        let known = Known::from_entry(seq, entry.clone());
                         return (
                             Response::new(Ok(known.outcome()), seq),
-                            Learned::Latest(known),
+                            Learned::Committed(known, entry),
                         );
                     }
                     Ok(Appended::Duplicate(seq)) => {

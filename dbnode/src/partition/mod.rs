@@ -34,6 +34,9 @@ pub(crate) use writer::Writer;
 const READ_WAIT: Duration = Duration::from_millis(150);
 /// How long a committed write waits for its local apply before answering anyway.
 const APPLY_WAIT: Duration = Duration::from_millis(250);
+/// Committed entries that may wait for the tailer to take them; more are dropped (the tailer
+/// then reads them from the log).
+const COMMITTED_QUEUE: usize = 1024;
 /// The largest page a scan returns.
 const MAX_PAGE: u32 = 1000;
 
@@ -57,10 +60,11 @@ pub struct Partition {
     epoch: AtomicU64,
     lag: AtomicU64,
     writer: Writer,
-    /// Woken on every commit of this node's writer, so that the tailer reads it at once.
+    /// Woken when the tailer should read the log now (a catch-up waits for it).
     committed: Notify,
-    /// The highest sequence this node's writer committed at.
-    last_commit: AtomicU64,
+    /// The entries this node's writer committed, for the tailer to apply without reading them
+    /// back (taken by the tailer when it starts).
+    delivered: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<(u64, protocol::LogEntry)>>>,
     /// When the tailer sent the latest fetch that found nothing left to deliver: the copy had
     /// applied, and could read, everything the log held at that moment.
     drained: watch::Sender<Option<Instant>>,
@@ -80,12 +84,14 @@ impl Partition {
         // Nothing is readable before the first catch-up has reached the log's end.
         let readable = watch::Sender::new(0);
         let epoch = AtomicU64::new(storage.log_epoch(id)?.unwrap_or(0));
+        let (committed, delivered) = tokio::sync::mpsc::channel(COMMITTED_QUEUE);
         let writer = Writer::spawn(
             id,
             node,
             storage.clone(),
             Arc::new(log.clone()),
             applied.subscribe(),
+            committed,
         );
         Ok(Self {
             id,
@@ -98,7 +104,7 @@ impl Partition {
             lag: AtomicU64::new(0),
             writer,
             committed: Notify::new(),
-            last_commit: AtomicU64::new(0),
+            delivered: std::sync::Mutex::new(Some(delivered)),
             drained: watch::Sender::new(None),
         })
     }
@@ -145,11 +151,6 @@ impl Partition {
         Ok(())
     }
 
-    /// The highest sequence this node's writer committed at.
-    fn last_commit(&self) -> u64 {
-        self.last_commit.load(Ordering::Relaxed)
-    }
-
     /// Waits up to `wait` until `seq` is readable. True if it is.
     async fn wait_readable(&self, seq: u64, wait: Duration) -> bool {
         let mut rx = self.readable.subscribe();
@@ -168,9 +169,8 @@ impl Partition {
     pub async fn write(&self, request: WriteRequest) -> Response {
         let deadline = request.deadline;
         let response = self.writer.write(request).await;
-        if response.answer.is_ok() && self.applied() < response.seen {
-            self.last_commit.fetch_max(response.seen, Ordering::Relaxed);
-            self.committed.notify_one();
+        if response.answer.is_ok() {
+            self.log.hint(response.seen).await;
         }
         if response.answer.is_ok() && self.readable() < response.seen {
             let left = timing::remaining(deadline).unwrap_or_default();

@@ -52,14 +52,31 @@ const RETRY: Duration = Duration::from_secs(1);
 const BEHIND_RETRY: Duration = Duration::from_millis(2);
 /// The longest such wait; past it the sequence is left to the identity checks.
 const BEHIND_RETRY_MAX: Duration = Duration::from_millis(128);
+/// How long a commit hint waits before it makes a read of the log: this node's own commits
+/// are applied without one by then.
+const HINT_DELAY: Duration = Duration::from_millis(2);
 /// The first wait after a fetch failed (timed out, no responders), doubled up to [`RETRY`].
 const FAILED_RETRY: Duration = Duration::from_millis(50);
 
 /// Applies the log to `partition`'s copy until `shutdown`.
 pub(super) async fn run(partition: Arc<Partition>, shutdown: CancellationToken) {
+    let taken = match partition.delivered.lock() {
+        Ok(mut delivered) => delivered.take(),
+        Err(_) => None,
+    };
+    let Some(mut delivered) = taken else {
+        warn!(
+            partition = partition.id,
+            "a second tailer for one partition; not started"
+        );
+        return;
+    };
     while !shutdown.is_cancelled() {
         if let Some((state, _)) = check_identity(&partition).await {
-            if tail(&partition, state, &shutdown).await.is_ok() {
+            if tail(&partition, state, &mut delivered, &shutdown)
+                .await
+                .is_ok()
+            {
                 continue;
             }
         }
@@ -134,6 +151,8 @@ struct Want {
     target: u64,
     /// When to fetch again (for `target`, or after a failed fetch), and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// The wait the next [`Want::again`] starts from (zero: its `first`).
+    backoff: Duration,
     /// The log's end as the latest identity check read it.
     end_seen: u64,
     /// The log's end as an identity check read it before a fetch that then found nothing
@@ -141,25 +160,51 @@ struct Want {
     end_drained: u64,
     /// Fetches that failed in a row.
     failures: u32,
+    /// The next fetch must be a batch (it says whether anything is left): a catch-up, or a
+    /// log past the copy that hints did not explain.
+    drain: bool,
 }
 
 impl Want {
     /// Fetch again after `wait` (doubling up to `max`, then leaving it to the checks).
     fn again(&mut self, first: Duration, max: Duration) {
-        let wait = self.retry.map_or(first, |(_, wait)| wait);
+        let wait = if self.backoff.is_zero() {
+            first
+        } else {
+            self.backoff
+        };
         if wait <= max {
-            self.retry = Some((Instant::now() + wait, wait * 2));
+            self.retry = Some((Instant::now() + wait, wait));
+            self.backoff = wait * 2;
+        }
+    }
+
+    /// Fetch now, a batch.
+    fn drain_now(&mut self) {
+        self.fetch = true;
+        self.drain = true;
+    }
+
+    /// The retry is due: fetch if something is still wanted (a failed fetch to repeat, a
+    /// known sequence not applied yet).
+    fn due(&mut self, applied: u64) {
+        self.retry = None;
+        if self.failures > 0 || applied < self.target {
+            self.fetch = true;
+        } else {
+            self.backoff = Duration::ZERO;
         }
     }
 }
 
-/// A fetch's result: the reader back, the batch, when it was sent, and the log's end as the
-/// checks knew it then.
+/// A fetch's result: the reader back, the batch, when it was sent, the log's end as the checks
+/// knew it then, and for an exact read the sequences it asked for.
 type Fetched = (
     runtime::LogReader,
     Result<Batch, LogReadError>,
     Instant,
     u64,
+    Option<(u64, u64)>,
 );
 
 /// One session: reads the log from the applied sequence on until an error, a changed log or
@@ -167,6 +212,7 @@ type Fetched = (
 async fn tail(
     partition: &Partition,
     state: LogState,
+    delivered: &mut tokio::sync::mpsc::Receiver<(u64, LogEntry)>,
     shutdown: &CancellationToken,
 ) -> Result<(), Retail> {
     let opened = futures::future::try_join(partition.log.reader(), partition.log.hints()).await;
@@ -199,14 +245,17 @@ async fn tail(
             }
             Some(checked) = checking.next(), if !checking.is_empty() => session.checked(checked)?,
             hint = hints.next() => session.hinted(hint.ok_or(Retail)?),
-            _ = partition.committed.notified() => session.committed(),
-            _ = sleep_until(retry_at), if retry_at.is_some() => session.want.fetch = true,
-            (idle, batch, sent, end) = async { fetching.as_mut().expect("a fetch").await },
+            Some((seq, entry)) = delivered.recv() => session.delivered(seq, entry)?,
+            _ = partition.committed.notified() => session.want.drain_now(),
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                session.want.due(partition.applied());
+            }
+            (idle, batch, sent, end, asked) = async { fetching.as_mut().expect("a fetch").await },
                 if fetching.is_some() =>
             {
                 fetching = None;
                 reader = Some(idle);
-                session.fetched(batch, sent, end)?;
+                session.fetched(batch, sent, end, asked)?;
             }
         }
     }
@@ -218,6 +267,9 @@ struct Session<'a> {
     epoch: u64,
     gap: bool,
     want: Want,
+    /// Entries this node's writer committed that could not be applied yet (a hole before
+    /// them), by sequence.
+    local: std::collections::BTreeMap<u64, LogEntry>,
 }
 
 impl<'a> Session<'a> {
@@ -240,10 +292,13 @@ impl<'a> Session<'a> {
                 fetch: true,
                 target: state.last,
                 retry: None,
+                backoff: Duration::ZERO,
                 end_seen: state.last,
                 end_drained: 0,
                 failures: 0,
+                drain: true,
             },
+            local: Default::default(),
         }
     }
 
@@ -258,9 +313,23 @@ impl<'a> Session<'a> {
             Instant::now(),
             self.want.end_seen,
         );
+        // Sequences known to be committed, a few, and no gap to close: read exactly those.
+        // Otherwise a batch, which also says whether anything is left.
+        let exact = !self.gap
+            && !std::mem::take(&mut self.want.drain)
+            && self.want.target >= from
+            && self.want.target - from < runtime::log_reader::EXACT_MAX;
+        let to = self
+            .want
+            .target
+            .min(from + runtime::log_reader::EXACT_MAX - 1);
         Box::pin(async move {
-            let batch = reader.fetch(from, BATCH).await;
-            (reader, batch, sent, end)
+            let (batch, asked) = if exact {
+                (reader.fetch_exact(from, to).await, Some((from, to)))
+            } else {
+                (reader.fetch(from, BATCH).await, None)
+            };
+            (reader, batch, sent, end, asked)
         })
     }
 
@@ -273,7 +342,7 @@ impl<'a> Session<'a> {
                 self.want.target = self.want.target.min(now.last);
                 self.want.end_seen = now.last;
                 if now.last > self.partition.applied() && now.last > self.want.end_drained {
-                    self.want.fetch = true;
+                    self.want.drain_now();
                 }
                 Ok(())
             }
@@ -286,18 +355,53 @@ impl<'a> Session<'a> {
     }
 
     /// A commit hint came. Hints are not trusted for anything but "look": a sequence the copy
-    /// has applied needs no fetch, any other makes one.
+    /// has applied needs nothing; any other is read from the log after [`HINT_DELAY`] unless it
+    /// has been applied by then (this node's own commits arrive by [`Session::delivered`]
+    /// sooner, so the primary reads nothing back). A hint's sequence past the log's end is
+    /// dropped at the next identity check.
     fn hinted(&mut self, hint: async_nats::Message) {
         let seq = runtime::log_reader::hinted_sequence(&hint).unwrap_or(u64::MAX);
-        if seq > self.partition.applied() {
-            self.want.fetch = true;
+        if seq <= self.partition.applied() {
+            return;
+        }
+        self.want.target = self.want.target.max(seq);
+        if self.want.retry.is_none() && !self.want.fetch {
+            self.want.retry = Some((Instant::now() + HINT_DELAY, HINT_DELAY));
         }
     }
 
-    /// This node's writer committed: read it now, and keep reading until it is applied.
-    fn committed(&mut self) {
-        self.want.fetch = true;
-        self.want.target = self.want.target.max(self.partition.last_commit());
+    /// This node's writer committed `entry` at `seq`: applied at once if it is the next entry
+    /// (or completes a run of them), else kept until the log fills the hole before it.
+    fn delivered(&mut self, seq: u64, entry: LogEntry) -> Result<(), Retail> {
+        let applied = self.partition.applied();
+        self.want.target = self.want.target.max(seq);
+        if seq <= applied {
+            return Ok(());
+        }
+        self.local.insert(seq, entry);
+        let mut next = applied + 1;
+        let mut batch = Vec::new();
+        while let Some(entry) = self.local.remove(&next) {
+            // The copy holds the record as of `seq_before` if that is within the prefix it
+            // holds (no gap).
+            let prior_held = !self.gap && entry.seq_before.is_some_and(|b| b < next);
+            batch.push((next, Some(entry), prior_held));
+            next += 1;
+        }
+        if let Err(e) = apply(self.partition, &batch) {
+            warn!(partition = self.partition.id, error = %e, "apply failed; re-tailing");
+            return Err(Retail);
+        }
+        settle(self.partition, self.gap);
+        // A gap to close: only the log can. A hole before what is kept is most often another
+        // of this writer's commits, answered out of order: the log is read for it only if it
+        // is still missing after [`HINT_DELAY`].
+        if self.gap {
+            self.want.fetch = true;
+        } else if !self.local.is_empty() && self.want.retry.is_none() && !self.want.fetch {
+            self.want.retry = Some((Instant::now() + HINT_DELAY, HINT_DELAY));
+        }
+        Ok(())
     }
 
     /// A fetch sent at `sent` (when the checks knew the log's end as `end`) came back.
@@ -306,6 +410,7 @@ impl<'a> Session<'a> {
         fetched: Result<Batch, LogReadError>,
         sent: Instant,
         end: u64,
+        asked: Option<(u64, u64)>,
     ) -> Result<(), Retail> {
         let p = self.partition.id;
         let batch = match fetched {
@@ -327,11 +432,44 @@ impl<'a> Session<'a> {
         };
         self.want.failures = 0;
         self.want.retry = None;
+        self.want.backoff = Duration::ZERO;
+        let mut batch = batch;
+        let mut stepped_over = false;
+        if asked.is_some() {
+            // Each sequence of an exact read may be answered by another server of the log, one
+            // that does not have it yet: an absent answer proves nothing. Only the run right
+            // after the applied sequence is applied; what follows a missing one waits for a
+            // batch, which one server answers from its prefix of the log, and which so tells a
+            // deleted entry from a late one.
+            let mut next = self.partition.applied() + 1;
+            let answered = batch.messages.len();
+            batch.messages.retain(|m| {
+                let keep = m.seq <= next;
+                next += u64::from(m.seq == next);
+                keep
+            });
+            stepped_over = batch.messages.len() < answered;
+        }
         if let Err(e) = apply_batch(self.partition, &batch, &mut self.gap) {
             warn!(partition = p, error = %e, "apply failed; re-tailing");
             return Err(Retail);
         }
         settle(self.partition, self.gap);
+        let applied = self.partition.applied();
+        self.local.retain(|&seq, _| seq > applied);
+        if let Some((_, to)) = asked {
+            // An exact read: every sequence asked for was there, or one is missing with later
+            // ones present (deleted, or late on the server that answered: a batch tells), or
+            // none has reached the copy of the log that answered yet.
+            if self.gap || stepped_over {
+                self.want.drain_now();
+            } else if applied < to {
+                self.want.again(BEHIND_RETRY, BEHIND_RETRY_MAX);
+            } else {
+                self.partition.lag.store(0, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         if batch.pending != Some(0) {
             self.want.fetch = true;
             return Ok(());

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use protocol::{timing, NodeId, PartitionId, ProtocolError, Response, WriteRequest};
+use protocol::{timing, LogEntry, NodeId, PartitionId, ProtocolError, Response, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
@@ -58,6 +58,7 @@ impl Writer {
         storage: Storage,
         log: Arc<L>,
         applied: watch::Receiver<u64>,
+        committed: mpsc::Sender<(u64, LogEntry)>,
     ) -> Self {
         let (jobs, inbox) = mpsc::channel(QUEUE);
         let task = WriterTask {
@@ -66,6 +67,7 @@ impl Writer {
             storage,
             log,
             applied,
+            committed,
             overlay: HashMap::new(),
             order: VecDeque::new(),
             busy: HashMap::new(),
@@ -94,6 +96,8 @@ struct WriterTask<L> {
     log: Arc<L>,
     /// The sequence the tailer has applied to storage.
     applied: watch::Receiver<u64>,
+    /// Entries this writer committed, for the tailer to apply without reading them back.
+    committed: mpsc::Sender<(u64, LogEntry)>,
     /// States newer than storage may have: committed by us or read from the log.
     overlay: HashMap<String, Known>,
     /// Overlay entries in the order they were learnt, to forget them once applied.
@@ -203,8 +207,19 @@ impl<L: Log> WriterTask<L> {
     }
 
     fn finish(&mut self, done: Finished) {
-        match done.learned {
-            Learned::Nothing => {}
+        let learned = match done.learned {
+            Learned::Committed(known, entry) => {
+                // Handed to the tailer, which applies it at once if it is the next entry: the
+                // answer waits for this copy's apply, and reading the entry back would cost a
+                // round trip to the log. Only a shortcut: a full channel drops it, and the
+                // tailer reads the log instead.
+                let _ = self.committed.try_send((known.seq, entry));
+                Learned::Latest(known)
+            }
+            other => other,
+        };
+        match learned {
+            Learned::Nothing | Learned::Committed(..) => {}
             Learned::Latest(known) => {
                 let newer = self
                     .overlay

@@ -165,7 +165,9 @@ fn setup(log: MemoryLog, applied: &[(u64, LogEntry)]) -> Setup {
     }
     let log = Arc::new(log);
     let (applied, rx) = watch::channel(storage.applied(0).unwrap());
-    let writer = Writer::spawn(0, NodeId(1), storage, log.clone(), rx);
+    // The tailer's end of the shortcut is not there: committed entries are dropped.
+    let (committed, _) = tokio::sync::mpsc::channel(1);
+    let writer = Writer::spawn(0, NodeId(1), storage, log.clone(), rx, committed);
     Setup {
         writer,
         log,
