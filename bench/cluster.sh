@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# Shared by bench/run and bench/profile: source it from the repository root. Starts a 3-node
-# process cluster (nats-server with JetStream, db-0..db-2, the gateway) from release binaries
-# on free loopback ports in a temp dir, and removes everything on exit.
+# Shared by bench/run, bench/profile and bench/idle: source it from the repository root. Starts
+# a process cluster (nats-server with JetStream, db-0..db-{NODES-1} (3 by default) over
+# PARTITIONS partitions (the dbnode's default), the gateway) from release binaries on free
+# loopback ports in a temp dir, and removes everything on exit.
 #
 # After `start_cluster`: $work (temp dir), $base (gateway URL), $pids (the nats-servers,
-# db-0..2, gateway, then whatever the caller adds), and `preload` (BENCH_USERS users
+# the dbnodes, the gateway, then whatever the caller adds), and `preload` (BENCH_USERS users
 # u0..u{N-1}). NATS_NODES=3 runs a 3-server NATS cluster with R3 logs (STREAM_REPLICAS=3);
 # NATS_SYNC=always makes JetStream fsync every append before acknowledging it.
 
@@ -46,8 +47,12 @@ start_cluster() {
   done
   NATS_URL=$(IFS=,; echo "${urls[*]}")
   export NATS_URL RUST_LOG=warn STREAM_REPLICAS=$nodes
-  say "started $nodes nats-server(s) (sync: ${NATS_SYNC:-default}); starting db-0..db-2, gateway"
-  for i in 0 1 2; do
+  # The nodes make the first partition map themselves (an open server): NODES nodes over
+  # PARTITIONS partitions (the dbnode's defaults: 3 over 12).
+  export NODES=${NODES:-3}
+  [ -z "${PARTITIONS:-}" ] || export PARTITIONS
+  say "started $nodes nats-server(s) (sync: ${NATS_SYNC:-default}); starting db-0..db-$((NODES - 1)), gateway"
+  for ((i = 0; i < NODES; i++)); do
     DB_INSTANCE_ID=db-$i DATA_DIR=$work/db-$i "$bin/dbnode" >"$work/db-$i.log" 2>&1 &
     pids+=($!)
   done

@@ -8,7 +8,7 @@ use protocol::NodeId;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "dbnode", version, about = "ringstore storage node")]
 pub struct Config {
-    /// This node's id, `db-{i}`: primary of partition i, replica of i−1.
+    /// This node's id, `db-{i}`: which partitions it holds is the partition map's to say.
     #[arg(long, env = "DB_INSTANCE_ID", default_value = "db-0")]
     pub db_instance_id: NodeId,
     /// RocksDB directory.
@@ -17,9 +17,19 @@ pub struct Config {
     /// NATS: servers, credentials, TLS.
     #[command(flatten)]
     pub nats: runtime::NatsConfig,
-    /// Number of partitions (and nodes) in the ring.
-    #[arg(long, env = "PARTITIONS", default_value_t = 3)]
+    /// Number of partitions of the deployment, fixed when it is provisioned (the first
+    /// partition map is made of it and of `NODES`). A running node follows the map stored in
+    /// NATS, whatever this says; it matters only to `--provision`, `--nats-conf` and to a node
+    /// that makes the map itself on an open NATS server.
+    #[arg(long, env = "PARTITIONS", default_value_t = protocol::DEFAULT_PARTITIONS,
+        value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
+    /// Number of dbnodes of the first partition map (`db-0`..), from 1 to `PARTITIONS`: each is
+    /// primary of the partitions `p` with `p mod NODES` = its index and replica of its
+    /// predecessor's. Read as `PARTITIONS` is.
+    #[arg(long, env = "NODES", default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub nodes: u32,
     /// JetStream's duplicate window on the partition logs, in seconds: how long the log itself
     /// recognises a retried request id. Applies when this node creates a stream.
     #[arg(long, env = "DUPLICATE_WINDOW_SECS", default_value_t = 120)]
@@ -59,13 +69,14 @@ pub struct Config {
     /// healthchecks).
     #[arg(long)]
     pub check: bool,
-    /// Do not run: create every partition's log stream and the Idempotency-Key bucket if they
-    /// do not exist, then exit (0 on success). Run it once per deployment with an identity
+    /// Do not run: create the partition map (from `PARTITIONS` and `NODES`), every
+    /// partition's log stream and the Idempotency-Key bucket if they do not exist, then exit
+    /// (0 on success; 1 when the stored map has another partition count). Run it once per deployment with an identity
     /// that may create streams (`admin` in nats.conf); the nodes' own identities may not.
     #[arg(long, conflicts_with = "check")]
     pub provision: bool,
     /// Do not run: print the NATS server configuration (accounts, identities and their
-    /// permissions) for a ring of `PARTITIONS`, and exit. The repository's `nats.conf` is this
+    /// permissions) for the first map of `PARTITIONS` and `NODES`, and exit. The repository's `nats.conf` is this
     /// output for the default ring (`scripts/nats-conf` writes it).
     #[arg(long, conflicts_with_all = ["check", "provision"])]
     pub nats_conf: bool,
@@ -76,6 +87,13 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub log: runtime::LogConfig,
+}
+
+impl Config {
+    /// The first partition map of a deployment made with these settings.
+    pub fn initial_map(&self) -> Result<protocol::PartitionMap, protocol::MapError> {
+        protocol::PartitionMap::initial(self.partitions, self.nodes)
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! ringstore dbnode: holds partitions in RocksDB and serves them over NATS.
 //!
-//! Node `db-i` is primary of partition `i` and replica of partition `i−1`. For each it serves
+//! A node holds the partitions the partition map (in NATS) gives it: primary of some, replica
+//! of its predecessor's. For each it serves
 //! `ringstore.part.{p}.{primary|replica}.{get,create,update,delete}` through the NATS service
 //! API, tails the partition's JetStream log `RINGSTORE_P{p}`, and announces itself on
 //! `ringstore.presence.{node}` every second.
 //!
-//! Start-up: open RocksDB → connect to NATS (retrying) → refuse if the node id is taken →
-//! ensure the streams → tail every hosted log and catch up → announce `ready` and serve.
+//! Start-up: connect to NATS (retrying) → refuse if the node id is taken → read the partition
+//! map → open RocksDB for the partitions it gives this node → ensure the streams → tail every
+//! hosted log and catch up → announce `ready` and serve.
 
 mod config;
 mod log;
@@ -44,6 +46,12 @@ pub enum NodeError {
     /// Another live process serves this node id.
     #[error("another live process already serves {0}; refusing to start a second one")]
     DuplicateNode(protocol::NodeId),
+    /// The partition map cannot be used, or does not name this node.
+    #[error(transparent)]
+    Map(#[from] runtime::map::MapStoreError),
+    /// This node is not on the partition map's ring.
+    #[error("{0} is not a node of the partition map ({1}); it holds nothing and does not start")]
+    NotInMap(protocol::NodeId, String),
     /// `--provision` could not finish in time; why is in the log lines before.
     #[error("provisioning did not finish within {0:?} (PROVISION_TIMEOUT_SECS); the retries' errors are logged above")]
     ProvisionTimedOut(Duration),
@@ -134,7 +142,17 @@ pub async fn provision(config: &Config, shutdown: CancellationToken) -> Result<(
 
 async fn provision_all(config: &Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let client = connect(config).await?;
-    for p in PartitionMap::new(config.partitions).all() {
+    let map = partition_map(&client, config, true, &shutdown)
+        .await?
+        .ok_or(NodeError::Interrupted)?;
+    info!(
+        bucket = subjects::MAP_BUCKET,
+        partitions = map.count(),
+        nodes = map.nodes().len(),
+        epoch = map.epoch,
+        "partition map provisioned"
+    );
+    for p in map.all() {
         open_log(&client, config, p, &shutdown)
             .await
             .ok_or(NodeError::Interrupted)?;
@@ -156,6 +174,25 @@ async fn provision_all(config: &Config, shutdown: CancellationToken) -> Result<(
         .await
         .map_err(|e| NodeError::Nats(e.into()))?;
     Ok(())
+}
+
+/// The partition map this node follows: the stored one, waited for until `--provision` writes
+/// it. On an open NATS server (no `NATS_USER`), where a node may create streams, a node that
+/// finds none writes the first one itself (`PARTITIONS`, `NODES`), as it creates the logs;
+/// `create` does the same for `--provision`.
+async fn partition_map(
+    client: &async_nats::Client,
+    config: &Config,
+    create: bool,
+    shutdown: &CancellationToken,
+) -> Result<Option<PartitionMap>, NodeError> {
+    let initial = config
+        .initial_map()
+        .map_err(|e| runtime::map::MapStoreError::Invalid(e.to_string()))?;
+    let create = create || config.nats.user.is_none();
+    let replicas = usize::from(config.stream_replicas);
+    let create = create.then_some((&initial, replicas));
+    Ok(runtime::map::wait(client, create, shutdown).await?)
 }
 
 /// How often the outcomes are compacted: a quarter of their retention, between a minute and an
@@ -206,16 +243,6 @@ async fn compact_outcomes(
 /// finish those in flight, drain NATS, flush RocksDB.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let node = config.db_instance_id;
-    let map = PartitionMap::new(config.partitions);
-    let hosted = map.hosted(node);
-    info!(%node, ?hosted, data_dir = %config.data_dir.display(), "opening storage");
-    let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
-    let retention = storage::OutcomeRetention {
-        age: Duration::from_secs(config.outcome_retention_secs),
-        writes: config.outcome_keep_writes,
-    };
-    let storage = Storage::open(&config.data_dir, &ids, retention)?;
-
     info!(url = config.nats.url, "connecting to NATS");
     let client = connect(&config).await?;
     while client.connection_state() != async_nats::connection::State::Connected {
@@ -227,6 +254,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     if presence::node_state(&client, node).await.is_some() {
         return Err(NodeError::DuplicateNode(node));
     }
+    let Some(map) = partition_map(&client, &config, false, &shutdown).await? else {
+        return Ok(());
+    };
+    let hosted = map.hosted(node);
+    if hosted.is_empty() {
+        let ring: Vec<String> = map.nodes().iter().map(ToString::to_string).collect();
+        return Err(NodeError::NotInMap(node, ring.join(", ")));
+    }
+    info!(%node, ?hosted, epoch = map.epoch, data_dir = %config.data_dir.display(), "opening storage");
+    let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
+    let retention = storage::OutcomeRetention {
+        age: Duration::from_secs(config.outcome_retention_secs),
+        writes: config.outcome_keep_writes,
+    };
+    let storage = Storage::open(&config.data_dir, &ids, retention)?;
 
     let mut partitions = Vec::new();
     for &(p, role) in &hosted {
@@ -290,7 +332,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     } else {
         state.send_replace(NodeState::Ready);
         info!(%node, "ready; serving requests");
-        service::serve(client.clone(), node, map, partitions, shutdown.clone()).await
+        service::serve(
+            client.clone(),
+            node,
+            Arc::new(map),
+            partitions,
+            shutdown.clone(),
+        )
+        .await
     };
 
     info!(%node, "shutting down");

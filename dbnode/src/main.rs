@@ -26,11 +26,16 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(config: dbnode::Config) -> std::process::ExitCode {
     if config.nats_conf {
-        print!(
-            "{}",
-            protocol::access::render(&protocol::PartitionMap::new(config.partitions))
-        );
-        return std::process::ExitCode::SUCCESS;
+        return match config.initial_map() {
+            Ok(map) => {
+                print!("{}", protocol::access::render(&map));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dbnode --nats-conf: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     // First of all, so that a SIGTERM at any later point is a graceful shutdown.
     let signals = runtime::Signals::install();

@@ -27,7 +27,7 @@ fn invalid(e: serde_json::Error) -> ProtocolError {
 /// and for a record of this partition.
 fn check_write(
     partition: &Partition,
-    map: PartitionMap,
+    map: &PartitionMap,
     op: Op,
     request: &WriteRequest,
 ) -> Result<(), ProtocolError> {
@@ -54,7 +54,7 @@ fn check_write(
 
 /// Handles one request on `partition` for `op`; a request that does not parse or check is
 /// refused without touching the partition.
-async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]) -> Response {
+async fn handle(partition: &Partition, map: &PartitionMap, op: Op, payload: &[u8]) -> Response {
     fn parse<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ProtocolError> {
         serde_json::from_slice(payload).map_err(invalid)
     }
@@ -75,7 +75,7 @@ async fn handle(partition: &Partition, map: PartitionMap, op: Op, payload: &[u8]
         .unwrap_or_else(|refusal: ProtocolError| Response::new(Err(refusal), 0))
 }
 
-async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: Request) {
+async fn respond(partition: Arc<Partition>, map: Arc<PartitionMap>, op: Op, request: Request) {
     // A dbnode may publish into the partition logs: an answer addressed anywhere but a
     // requester's inbox (a log subject, say) could overwrite a record's only log entry. A
     // request without a reply subject (a message the server itself published, say) is
@@ -94,7 +94,7 @@ async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: 
         );
         return;
     }
-    let answer = handle(&partition, map, op, &request.message.payload).await;
+    let answer = handle(&partition, &map, op, &request.message.payload).await;
     let payload = serde_json::to_vec(&answer).expect("answers serialise");
     if let Err(e) = request.respond(Ok(Bytes::from(payload))).await {
         warn!(partition = partition.id, op = op.as_str(), error = %e, "reply not sent");
@@ -106,7 +106,7 @@ async fn respond(partition: Arc<Partition>, map: PartitionMap, op: Op, request: 
 pub async fn serve(
     client: async_nats::Client,
     node: NodeId,
-    map: PartitionMap,
+    map: Arc<PartitionMap>,
     partitions: Vec<Arc<Partition>>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
@@ -122,8 +122,12 @@ pub async fn serve(
         let group = service.group(subjects::partition_group(partition.id, partition.role));
         for op in Op::ALL {
             let mut endpoint = group.endpoint(op.as_str()).await?;
-            let (partition, in_flight, shutdown) =
-                (partition.clone(), in_flight.clone(), shutdown.clone());
+            let (partition, in_flight, shutdown, map) = (
+                partition.clone(),
+                in_flight.clone(),
+                shutdown.clone(),
+                map.clone(),
+            );
             endpoints.spawn(async move {
                 loop {
                     let request = tokio::select! {
@@ -131,7 +135,7 @@ pub async fn serve(
                         request = endpoint.next() => request,
                     };
                     let Some(request) = request else { break };
-                    in_flight.spawn(respond(partition.clone(), map, op, request));
+                    in_flight.spawn(respond(partition.clone(), map.clone(), op, request));
                 }
                 let _ = endpoint.stop().await;
             });

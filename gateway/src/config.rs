@@ -21,9 +21,6 @@ pub struct Config {
     /// NATS: servers, credentials, TLS.
     #[command(flatten)]
     pub nats: runtime::NatsConfig,
-    /// Number of partitions in the ring.
-    #[arg(long, env = "PARTITIONS", default_value_t = 3)]
-    pub partitions: u32,
     /// `replica` or `primary`.
     #[arg(long, env = "READ_FROM", value_enum, default_value = "replica")]
     pub read_from: ReadFrom,

@@ -151,14 +151,14 @@ fn state(
     disconnects: &Disconnects,
     presence: Arc<PresenceTable>,
     api_keys: Option<Arc<auth::ApiKeys>>,
+    map: Arc<PartitionMap>,
     shutdown: &CancellationToken,
 ) -> AppState {
-    let map = PartitionMap::new(config.partitions);
     let timeout = config.request_timeout();
     let metrics = Arc::new(Metrics::default());
     let logs = logs::Logs::new(
         client.clone(),
-        map,
+        map.clone(),
         timeout,
         config.feed_limits(),
         shutdown.clone(),
@@ -204,18 +204,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let disconnects = Disconnects::default();
     let client = connect(&config, disconnects.clone()).await?;
     let presence = Arc::new(PresenceTable::default());
-    let map = PartitionMap::new(config.partitions);
-    let follower = tokio::spawn(
-        presence
-            .clone()
-            .follow(client.clone(), map, shutdown.clone()),
+    info!("reading the partition map");
+    let Some(map) = runtime::map::wait(&client, None, &shutdown).await? else {
+        return Ok(());
+    };
+    info!(
+        partitions = map.count(),
+        nodes = map.nodes().len(),
+        epoch = map.epoch,
+        "partition map read"
     );
+    let map = Arc::new(map);
+    let follower = tokio::spawn(presence.clone().follow(
+        client.clone(),
+        map.clone(),
+        shutdown.clone(),
+    ));
     let state = state(
         &config,
         &client,
         &disconnects,
         presence,
         api_keys,
+        map,
         &shutdown,
     );
     let metrics = state.metrics.clone();

@@ -33,7 +33,7 @@ pub struct Logs {
     client: async_nats::Client,
     js: jetstream::Context,
     timeout: Duration,
-    pub(crate) map: PartitionMap,
+    pub(crate) map: Arc<PartitionMap>,
     pub(crate) limits: FeedLimits,
     /// One permit per open feed.
     pub(crate) slots: Arc<Semaphore>,
@@ -105,7 +105,7 @@ impl Logs {
     /// server for at most `timeout` per call.
     pub fn new(
         client: async_nats::Client,
-        map: PartitionMap,
+        map: Arc<PartitionMap>,
         timeout: Duration,
         limits: FeedLimits,
         shutdown: CancellationToken,

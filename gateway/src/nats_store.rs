@@ -32,7 +32,7 @@ pub struct NatsStore {
     client: Client,
     /// Reads of the logs' state, to hold floors to what the log has.
     js: async_nats::jetstream::Context,
-    map: PartitionMap,
+    map: Arc<PartitionMap>,
     timeout: Duration,
     read_from: ReadFrom,
     presence: Arc<PresenceTable>,
@@ -45,10 +45,10 @@ pub struct NatsStore {
 }
 
 impl NatsStore {
-    /// A store over `client` for a ring of `map.partitions` partitions.
+    /// A store over `client` for the partitions of `map`.
     pub fn new(
         client: Client,
-        map: PartitionMap,
+        map: Arc<PartitionMap>,
         timeout: Duration,
         read_from: ReadFrom,
         presence: Arc<PresenceTable>,

@@ -69,12 +69,12 @@ impl PresenceTable {
     pub async fn follow(
         self: Arc<Self>,
         client: async_nats::Client,
-        map: PartitionMap,
+        map: Arc<PartitionMap>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let nodes = map.nodes();
+        let nodes = map.nodes().to_vec();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -1,7 +1,9 @@
 //! [`NatsAuth`]: the users of the repository's `nats.conf` (one per role, one per dbnode) and
 //! their passwords, which nats-server reads from its environment.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use protocol::PartitionMap;
 
 /// One NATS user: what a process gets as `NATS_USER` / `NATS_PASSWORD`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,9 +30,9 @@ impl NatsUser {
     }
 }
 
-/// The users of `nats.conf`: the gateway's, one per dbnode (`db-0`, `db-1`, `db-2`) and an
+/// The users of a `nats.conf`: the gateway's, one per dbnode (`db-0`, `db-1`, …) and an
 /// admin with every permission (provisioning, operators, the `nats` CLI, the tests' own
-/// clients).
+/// clients), and the configuration file that names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsAuth {
     /// User `gateway`: requests `ringstore.part.>`, hears presence.
@@ -39,18 +41,40 @@ pub struct NatsAuth {
     pub nodes: Vec<NatsUser>,
     /// User `admin`: everything.
     pub admin: NatsUser,
+    /// The server configuration with these users: the repository's `nats.conf` for the
+    /// default ring, else one rendered for the ring.
+    pub conf: PathBuf,
 }
 
 impl NatsAuth {
-    /// Fresh random passwords, so that a test never passes by relying on the local defaults.
+    /// The repository's `nats.conf` (the default ring: 3 nodes) with fresh random passwords,
+    /// so that a test never passes by relying on the local defaults.
     pub fn random() -> NatsAuth {
+        NatsAuth::with_nodes(3, nats_conf())
+    }
+
+    /// The users of `map`'s ring: the repository's `nats.conf` when `map` is the default first
+    /// map, else the configuration rendered for `map` (as `scripts/nats-conf` does), written
+    /// to `dir/nats.conf`.
+    pub fn for_map(map: &PartitionMap, dir: &Path) -> NatsAuth {
+        let default = PartitionMap::initial(protocol::DEFAULT_PARTITIONS, 3).expect("a map");
+        if *map == default {
+            return NatsAuth::random();
+        }
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, protocol::access::render(map)).expect("the rendered nats.conf");
+        NatsAuth::with_nodes(map.nodes().len(), conf)
+    }
+
+    fn with_nodes(nodes: usize, conf: PathBuf) -> NatsAuth {
         let password = || uuid::Uuid::new_v4().simple().to_string();
         NatsAuth {
             gateway: NatsUser::new("gateway", password()),
-            nodes: (0..3)
+            nodes: (0..nodes)
                 .map(|i| NatsUser::new(&format!("db-{i}"), password()))
                 .collect(),
             admin: NatsUser::new("admin", password()),
+            conf,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use protocol::PartitionMap;
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, GatewayConfig, ReadFrom};
@@ -127,6 +128,7 @@ impl ClusterBuilder {
         let dir = temp.path().to_owned();
         let logs = dir.join("logs");
         let partitions = self.partitions.unwrap_or(self.nodes);
+        let map = PartitionMap::initial(partitions, self.nodes).expect("1 to PARTITIONS nodes");
         eprintln!(
             "== cluster: {} nodes, {partitions} partitions in {}{}",
             self.nodes,
@@ -149,9 +151,16 @@ impl ClusterBuilder {
                 self.auth && tls.is_none(),
                 "a NATS cluster runs with nats.conf, no TLS"
             );
-            Nats::start_cluster(&dir, &logs, self.nats_servers, NatsAuth::random()).await
+            Nats::start_cluster(
+                &dir,
+                &logs,
+                self.nats_servers,
+                NatsAuth::for_map(&map, &dir),
+            )
+            .await
         } else if self.auth {
-            vec![Nats::start_secured(&dir, &nats_log, NatsAuth::random(), tls.clone()).await]
+            let auth = NatsAuth::for_map(&map, &dir);
+            vec![Nats::start_secured(&dir, &nats_log, auth, tls.clone()).await]
         } else {
             vec![Nats::start(&dir, &nats_log).await]
         };
@@ -162,7 +171,7 @@ impl ClusterBuilder {
             .map(|i| {
                 let data = dir.join(format!("db-{i}"));
                 let log = logs.join(format!("db-{i}.log"));
-                let mut node = DbNode::new(&bins.dbnode, i, data, &log, &nats_url, partitions);
+                let mut node = DbNode::new(&bins.dbnode, i, data, &log, &nats_url, &map);
                 for (key, value) in &self.dbnode_env {
                     node = node.with_env(key, value);
                 }
@@ -179,7 +188,7 @@ impl ClusterBuilder {
                 &bins.dbnode,
                 &nats_url,
                 &auth.admin,
-                partitions,
+                &map,
                 &self.dbnode_env,
                 &logs.join("provision.log"),
             )
@@ -193,7 +202,6 @@ impl ClusterBuilder {
         let gateway = self.gateway.then(|| {
             let config = GatewayConfig {
                 nats_url: nats_url.clone(),
-                partitions,
                 read_from: self.read_from,
                 request_timeout: self.request_timeout,
             };
@@ -219,7 +227,7 @@ impl ClusterBuilder {
             nats,
             http: crate::http::client_trusting(Some(&api_key.key), tls.as_ref()),
             api_key,
-            partitions,
+            map,
             bins,
             dir,
             temp: Some(temp),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use protocol::{subjects, NodeId, NodeState, Presence};
+use protocol::{subjects, NodeId, NodeState, PartitionMap, Presence};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ pub struct Cluster {
     pub(crate) nats: Vec<Nats>,
     pub(crate) http: reqwest::Client,
     pub(crate) api_key: crate::ApiKey,
-    pub(crate) partitions: u32,
+    pub(crate) map: PartitionMap,
     pub(crate) bins: BinDir,
     pub(crate) dir: PathBuf,
     pub(crate) temp: Option<TempDir>,
@@ -58,7 +58,12 @@ impl Cluster {
 
     /// `PARTITIONS`.
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        self.map.count()
+    }
+
+    /// The partition map the cluster was provisioned with.
+    pub fn map(&self) -> &PartitionMap {
+        &self.map
     }
 
     /// The nats-server (the first, on a NATS cluster).
@@ -119,7 +124,7 @@ impl Cluster {
             self.dir.join(name),
             &log,
             &self.nats_url(),
-            self.partitions,
+            &self.map,
         );
         let mut node = match self.nats_auth() {
             Some(auth) => node.with_nats_user(auth.node(index)),
@@ -138,7 +143,7 @@ impl Cluster {
             &self.bins.dbnode,
             &self.nats_url(),
             &auth.admin,
-            self.partitions,
+            &self.map,
             &[],
             &self.logs_dir().join("provision-again.log"),
         )

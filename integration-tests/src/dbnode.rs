@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use protocol::PartitionMap;
+
 use crate::auth::NatsUser;
 use crate::process::{Proc, TERMINATE_TIMEOUT};
 
@@ -25,14 +27,15 @@ impl DbNode {
         data_dir: PathBuf,
         log: &Path,
         nats_url: &str,
-        partitions: u32,
+        map: &PartitionMap,
     ) -> DbNode {
         let id = format!("db-{index}");
         let proc = Proc::new(&id, bin, log)
             .env("DB_INSTANCE_ID", &id)
             .env("DATA_DIR", data_dir.display())
             .env("NATS_URL", nats_url)
-            .env("PARTITIONS", partitions)
+            .env("PARTITIONS", map.count())
+            .env("NODES", map.nodes().len())
             .env("RUST_LOG", "info,dbnode=debug")
             .env("LOG_FORMAT", "pretty")
             .env("NO_COLOR", "1");
@@ -143,7 +146,8 @@ impl DbNode {
     }
 }
 
-/// Runs `dbnode --provision` as `admin`: creates every partition's log stream and the
+/// Runs `dbnode --provision` as `admin`: writes `map` as the first partition map, creates
+/// every partition's log stream and the
 /// Idempotency-Key bucket, as an operator does once per deployment (the nodes' own identities
 /// may not create streams). `env` is passed on (e.g. `DUPLICATE_WINDOW_SECS`, a property of
 /// the streams it creates). Prints every log beside its own (the servers') and panics if it
@@ -153,7 +157,7 @@ pub async fn provision(
     bin: &Path,
     nats_url: &str,
     admin: &NatsUser,
-    partitions: u32,
+    map: &PartitionMap,
     env: &[(String, String)],
     log: &Path,
 ) {
@@ -164,7 +168,8 @@ pub async fn provision(
         .env("NATS_URL", nats_url)
         .env("NATS_USER", &admin.user)
         .env("NATS_PASSWORD", &admin.password)
-        .env("PARTITIONS", partitions.to_string())
+        .env("PARTITIONS", map.count().to_string())
+        .env("NODES", map.nodes().len().to_string())
         .env("LOG_FORMAT", "pretty")
         .env("NO_COLOR", "1")
         .stdout(out.try_clone().expect("log handle"))

@@ -32,8 +32,6 @@ impl ReadFrom {
 pub struct GatewayConfig {
     /// `NATS_URL`.
     pub nats_url: String,
-    /// `PARTITIONS`.
-    pub partitions: u32,
     /// `READ_FROM`.
     pub read_from: ReadFrom,
     /// `REQUEST_TIMEOUT_MS`.
@@ -55,7 +53,6 @@ impl Gateway {
         let proc = Proc::new("gateway", bin, log)
             .env("REST_PORT", port)
             .env("NATS_URL", &config.nats_url)
-            .env("PARTITIONS", config.partitions)
             .env("READ_FROM", config.read_from.as_str())
             .env("REQUEST_TIMEOUT_MS", config.request_timeout.as_millis())
             .env("RUST_LOG", "info,gateway=debug")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::auth::{nats_conf, NatsAuth};
+use crate::auth::NatsAuth;
 use crate::process::{tail, Proc};
 use crate::tls::TlsFiles;
 
@@ -125,7 +125,7 @@ impl Nats {
         if let Some(auth) = &auth {
             proc = proc
                 .arg("-c")
-                .arg(nats_conf())
+                .arg(&auth.conf)
                 .arg("-m")
                 .arg(crate::free_port().to_string());
             for (key, value) in auth.server_env() {

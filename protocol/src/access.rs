@@ -67,6 +67,16 @@ fn key_bucket() -> Vec<String> {
     ]
 }
 
+/// The map bucket's subjects every process reads it with: its info and direct reads of its
+/// key. Nobody but `admin` may write it.
+fn map_reads() -> Vec<String> {
+    let stream = format!("KV_{}", subjects::MAP_BUCKET);
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+    ]
+}
+
 /// What dbnode `node` may do under `map`: publish its own presence and pings, answers to the
 /// requests it receives, appends to and reads of the logs of the partitions it holds (and the
 /// key bucket's info); subscribe to its partitions' requests, its own ping, presence and
@@ -93,6 +103,7 @@ pub fn node(map: &PartitionMap, node: NodeId) -> Permissions {
         subscribe.push(subjects::committed_filter(p));
     }
     publish.push(key_bucket()[0].clone());
+    publish.extend(map_reads());
     Permissions { publish, subscribe }
 }
 
@@ -109,6 +120,7 @@ pub fn gateway(map: &PartitionMap) -> Permissions {
         publish.push(subjects::direct_get(p));
     }
     publish.extend(key_bucket());
+    publish.extend(map_reads());
     Permissions {
         publish,
         subscribe: vec![
@@ -167,6 +179,9 @@ fn crossings(map: &PartitionMap) -> (Vec<Crossing>, Vec<Crossing>) {
     ring.push(service(bucket[0].clone(), &both, false));
     ring.push(service(bucket[1].clone(), &[GATEWAY_ACCOUNT], false));
     ring.push(service(bucket[2].clone(), &[GATEWAY_ACCOUNT], false));
+    for subject in map_reads() {
+        ring.push(service(subject, &both, false));
+    }
     let to = [GATEWAY_ACCOUNT, RING_ACCOUNT];
     let nodes = vec![
         // The writers' commit hints, for the gateways' change feeds (the dbnodes hear them in
@@ -251,7 +266,7 @@ pub fn render(map: &PartitionMap) -> String {
         "#   {:<24} user gateway   (account GW)\n",
         password_var("gateway")
     ));
-    for n in map.nodes() {
+    for &n in map.nodes() {
         let held: Vec<String> = map
             .hosted(n)
             .iter()
@@ -279,7 +294,7 @@ pub fn render(map: &PartitionMap) -> String {
     out.push_str("    ]\n  }\n");
     // NODES
     out.push_str(&format!("  {NODES_ACCOUNT}: {{\n    users: [\n"));
-    for n in map.nodes() {
+    for &n in map.nodes() {
         user(&mut out, &n.to_string(), Some(&node(map, n)));
     }
     out.push_str("    ]\n");
@@ -346,7 +361,8 @@ mod tests {
     #[test]
     fn the_repositorys_nats_conf_is_the_generators() {
         let committed = include_str!("../../nats.conf");
-        let generated = render(&PartitionMap::new(3));
+        let map = PartitionMap::initial(crate::DEFAULT_PARTITIONS, 3).unwrap();
+        let generated = render(&map);
         assert!(
             committed == generated,
             "nats.conf is not what protocol/src/access.rs renders; run scripts/nats-conf"
@@ -355,19 +371,42 @@ mod tests {
 
     #[test]
     fn a_node_reaches_only_the_logs_it_holds() {
-        let map = PartitionMap::new(3);
-        let rights = node(&map, NodeId(1));
-        assert!(rights.publish.contains(&"ringstore.log.1.>".to_owned()));
-        assert!(rights.publish.contains(&"ringstore.log.0.>".to_owned()));
-        assert!(!rights
+        let map = PartitionMap::initial(12, 5).unwrap();
+        for &n in map.nodes() {
+            let rights = node(&map, n);
+            let held: Vec<_> = map.hosted(n).into_iter().map(|(p, _)| p).collect();
+            for p in map.all() {
+                let log = format!("ringstore.log.{p}.>");
+                let stream = format!("{}.", subjects::stream_name(p));
+                let reaches = rights.publish.contains(&log)
+                    || rights
+                        .publish
+                        .iter()
+                        .any(|s| format!("{s}.").contains(&stream));
+                assert_eq!(reaches, held.contains(&p), "{n} and P{p}");
+            }
+            assert!(!rights.publish.iter().any(|s| s.starts_with("$SRV")));
+            assert!(!rights
+                .publish
+                .iter()
+                .any(|s| s.contains("CONSUMER") || s.contains("CREATE")));
+        }
+    }
+
+    #[test]
+    fn only_the_operator_writes_the_map() {
+        let map = PartitionMap::initial(12, 3).unwrap();
+        let writes_map = |rights: &Permissions| {
+            rights
+                .publish
+                .iter()
+                .any(|s| s.contains(subjects::MAP_BUCKET) && !s.starts_with("$JS.API."))
+        };
+        assert!(!writes_map(&gateway(&map)));
+        assert!(map.nodes().iter().all(|&n| !writes_map(&node(&map, n))));
+        assert!(gateway(&map)
             .publish
-            .iter()
-            .any(|s| s.contains("log.2") || s.contains("_P2")));
-        assert!(!rights.publish.iter().any(|s| s.starts_with("$SRV")));
-        assert!(!rights
-            .publish
-            .iter()
-            .any(|s| s.contains("CONSUMER") || s.contains("CREATE")));
+            .contains(&format!("$JS.API.DIRECT.GET.KV_{}.>", subjects::MAP_BUCKET)));
     }
 
     #[test]

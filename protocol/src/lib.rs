@@ -26,6 +26,8 @@ pub use messages::{
     Response, ScanRequest, VersionedUser, WriteKind, WriteRequest,
 };
 pub use params::{ChangeParams, CountParams, ListParams, Position, Since};
-pub use partition::{NodeId, PartitionId, PartitionMap, Role};
+pub use partition::{
+    Holders, MapError, NodeId, PartitionId, PartitionMap, Role, DEFAULT_PARTITIONS,
+};
 pub use subjects::Op;
 pub use user::{NewUser, User, UserPatch, UserUpdate};

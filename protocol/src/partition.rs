@@ -3,13 +3,16 @@
 //! A record's partition is `fnv1a64(id as UTF-8) mod partitions`: FNV-1a with the standard
 //! 64-bit offset basis `0xcbf29ce484222325` and prime `0x100000001b3`. It is stable across
 //! processes, machines and Rust versions (unlike `DefaultHasher`), so every client and node
-//! agrees on where a record lives. Partitions and nodes are distinct types: today node `db-i`
-//! is primary of partition `i` and replica of `i − 1`; a different map changes only
-//! [`PartitionMap`].
+//! agrees on where a record lives. Partitions and nodes are distinct types: which node holds
+//! which partition is the [`PartitionMap`]'s, and only its, to say.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// The partition count of a deployment provisioned without `PARTITIONS`: enough for the
+/// default 3 nodes to grow to 12, at an idle cost measured in BENCHMARKS.md ("Partitions").
+pub const DEFAULT_PARTITIONS: u32 = 12;
 
 /// A partition number, `0..partitions`.
 pub type PartitionId = u32;
@@ -81,54 +84,130 @@ impl Role {
     }
 }
 
-/// Which node holds which partition in which role. Nodes are as many as partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionMap {
-    /// Number of partitions (and of nodes).
-    pub partitions: u32,
+/// The holders of one partition: its primary and, with more than one node, its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holders {
+    /// Takes the partition's writes.
+    pub primary: NodeId,
+    /// Holds the second copy; `None` on a ring of one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<NodeId>,
 }
 
+/// Which node holds which partition in which role: the one place the ring is written down
+/// (docs/design.md "The partition map"). Stored in NATS by `dbnode --provision`; every other
+/// process reads it from there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMap {
+    /// Grows on every change of the map; the first map is epoch 1.
+    pub epoch: u64,
+    /// The ring's nodes, in ring order.
+    pub nodes: Vec<NodeId>,
+    /// Per partition (the index is the partition id), its holders.
+    pub partitions: Vec<Holders>,
+}
+
+/// Why a partition map cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partition map: {0}")]
+pub struct MapError(pub String);
+
 impl PartitionMap {
-    /// A map over `partitions` partitions (at least 1).
-    pub fn new(partitions: u32) -> Self {
-        Self {
-            partitions: partitions.max(1),
+    /// The first map of a deployment of `partitions` partitions over nodes `db-0..db-{nodes-1}`:
+    /// partition `p` has primary `db-{p mod nodes}` and replica that node's successor on the
+    /// ring, so each node is primary of its own partitions and replica of its predecessor's.
+    pub fn initial(partitions: u32, nodes: u32) -> Result<Self, MapError> {
+        if partitions == 0 || nodes == 0 || nodes > partitions {
+            return Err(MapError(format!(
+                "{nodes} node(s) for {partitions} partition(s): there must be at least one \
+                 partition, and from 1 to PARTITIONS nodes"
+            )));
         }
+        let holders = (0..partitions)
+            .map(|p| Holders {
+                primary: NodeId(p % nodes),
+                replica: (nodes > 1).then(|| NodeId((p % nodes + 1) % nodes)),
+            })
+            .collect();
+        Ok(Self {
+            epoch: 1,
+            nodes: (0..nodes).map(NodeId).collect(),
+            partitions: holders,
+        })
+    }
+
+    /// Checks a map read from elsewhere: at least one partition, every holder a node of the
+    /// ring, a replica other than its primary, every node of the ring distinct.
+    pub fn validate(&self) -> Result<(), MapError> {
+        let fail = |why: String| Err(MapError(why));
+        if self.partitions.is_empty() || self.nodes.is_empty() {
+            return fail("no partitions or no nodes".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if !self.nodes.iter().all(|n| seen.insert(*n)) {
+            return fail("a node is on the ring twice".into());
+        }
+        for (p, h) in self.partitions.iter().enumerate() {
+            let holders = std::iter::once(h.primary).chain(h.replica);
+            if let Some(stranger) = holders.into_iter().find(|n| !seen.contains(n)) {
+                return fail(format!(
+                    "P{p} is held by {stranger}, not a node of the ring"
+                ));
+            }
+            if h.replica == Some(h.primary) {
+                return fail(format!("P{p} has {} as primary and replica", h.primary));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of partitions.
+    pub fn count(&self) -> u32 {
+        self.partitions.len() as u32
     }
 
     /// The partition of a record id.
     pub fn partition_of(&self, id: &str) -> PartitionId {
-        partition_of(id, self.partitions)
+        partition_of(id, self.count())
     }
 
     /// All partitions.
     pub fn all(&self) -> impl Iterator<Item = PartitionId> {
-        0..self.partitions
+        0..self.count()
     }
 
     /// The node that is primary of `p`.
     pub fn primary(&self, p: PartitionId) -> NodeId {
-        NodeId(p)
+        self.partitions[p as usize].primary
     }
 
     /// The node that holds the replica of `p`, if there is more than one node.
     pub fn replica(&self, p: PartitionId) -> Option<NodeId> {
-        (self.partitions > 1).then(|| NodeId((p + 1) % self.partitions))
+        self.partitions[p as usize].replica
     }
 
     /// Every node of the ring, in order.
-    pub fn nodes(&self) -> Vec<NodeId> {
-        (0..self.partitions).map(NodeId).collect()
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
     }
 
-    /// The partitions `node` hosts with its role for each: primary first.
+    /// The partitions `node` holds with its role for each: its primaries first, then its
+    /// replicas, each in partition order. Empty for a node the map does not name.
     pub fn hosted(&self, node: NodeId) -> Vec<(PartitionId, Role)> {
-        let own = node.0 % self.partitions;
-        let mut hosted = vec![(own, Role::Primary)];
-        if self.partitions > 1 {
-            hosted.push(((own + self.partitions - 1) % self.partitions, Role::Replica));
-        }
-        hosted
+        let roles = [Role::Primary, Role::Replica];
+        roles
+            .into_iter()
+            .flat_map(|role| {
+                self.all().filter_map(move |p| {
+                    let h = self.partitions[p as usize];
+                    let holder = match role {
+                        Role::Primary => Some(h.primary),
+                        Role::Replica => h.replica,
+                    };
+                    (holder == Some(node)).then_some((p, role))
+                })
+            })
+            .collect()
     }
 }
 
@@ -161,7 +240,7 @@ mod tests {
 
     #[test]
     fn ring_roles() {
-        let map = PartitionMap::new(3);
+        let map = PartitionMap::initial(3, 3).unwrap();
         assert_eq!(
             map.hosted(NodeId(0)),
             [(0, Role::Primary), (2, Role::Replica)]
@@ -171,8 +250,64 @@ mod tests {
             [(1, Role::Primary), (0, Role::Replica)]
         );
         assert_eq!(map.replica(2), Some(NodeId(0)));
-        assert_eq!(PartitionMap::new(1).hosted(NodeId(0)), [(0, Role::Primary)]);
-        assert_eq!(PartitionMap::new(1).replica(0), None);
+        let one = PartitionMap::initial(1, 1).unwrap();
+        assert_eq!(one.hosted(NodeId(0)), [(0, Role::Primary)]);
+        assert_eq!(one.replica(0), None);
+    }
+
+    #[test]
+    fn more_partitions_than_nodes_spread_evenly_on_the_ring() {
+        let map = PartitionMap::initial(12, 5).unwrap();
+        assert_eq!(map.primary(7), NodeId(2));
+        assert_eq!(map.replica(7), Some(NodeId(3)));
+        assert_eq!(map.replica(4), Some(NodeId(0)));
+        let primaries: Vec<usize> = map
+            .nodes()
+            .iter()
+            .map(|&n| {
+                map.hosted(n)
+                    .iter()
+                    .filter(|(_, r)| *r == Role::Primary)
+                    .count()
+            })
+            .collect();
+        assert_eq!(primaries, [3, 3, 2, 2, 2]);
+        // Each node holds the replicas of exactly its predecessor's partitions.
+        for (i, &node) in map.nodes().iter().enumerate() {
+            let before = map.nodes()[(i + 4) % 5];
+            let replicas: Vec<_> = map
+                .hosted(node)
+                .into_iter()
+                .filter(|(_, r)| *r == Role::Replica)
+                .map(|(p, _)| p)
+                .collect();
+            let predecessor: Vec<_> = map
+                .hosted(before)
+                .into_iter()
+                .filter(|(_, r)| *r == Role::Primary)
+                .map(|(p, _)| p)
+                .collect();
+            assert_eq!(replicas, predecessor, "{node}");
+        }
+        assert_eq!(map.hosted(NodeId(9)), []);
+        map.validate().unwrap();
+    }
+
+    #[test]
+    fn impossible_maps_are_refused() {
+        assert!(PartitionMap::initial(3, 4).is_err());
+        assert!(PartitionMap::initial(0, 0).is_err());
+        let mut map = PartitionMap::initial(4, 2).unwrap();
+        map.partitions[1].replica = Some(NodeId(7));
+        assert!(map.validate().is_err());
+        let mut map = PartitionMap::initial(4, 2).unwrap();
+        map.partitions[2].replica = Some(map.partitions[2].primary);
+        assert!(map.validate().is_err());
+        let json = serde_json::to_string(&PartitionMap::initial(2, 2).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"epoch":1,"nodes":["db-0","db-1"],"partitions":[{"primary":"db-0","replica":"db-1"},{"primary":"db-1","replica":"db-0"}]}"#
+        );
     }
 
     #[test]

@@ -164,6 +164,13 @@ pub fn is_answerable(reply: &str) -> bool {
 /// one entry per key, expiring by age. Created by the dbnodes, used by the gateways.
 pub const IDEMPOTENCY_BUCKET: &str = "ringstore_idempotency";
 
+/// The JetStream key-value bucket of the partition map (stream `KV_ringstore_map`), written
+/// only by the operator's identity (`dbnode --provision`), read by every process.
+pub const MAP_BUCKET: &str = "ringstore_map";
+
+/// The key of the partition map in [`MAP_BUCKET`].
+pub const MAP_KEY: &str = "ring";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterView> {
         .collect();
     let partitions = match &state.logs {
         Some(logs) => {
-            let map = logs.map;
+            let map = &logs.map;
             futures::future::join_all(map.all().map(|p| async move {
                 PartitionView {
                     partition: p,
