@@ -134,6 +134,38 @@ impl Cluster {
         node
     }
 
+    /// Runs the operator's CLI, `ringstore {args}`, against this cluster's NATS (as `admin`
+    /// when the server has users); panics if it cannot be run or takes over 30 s.
+    pub async fn ringstore(&self, args: &[&str]) -> std::process::Output {
+        assert!(
+            self.bins.ringstore.is_file(),
+            "{} not found: run `cargo build --workspace` first",
+            self.bins.ringstore.display()
+        );
+        let mut command = tokio::process::Command::new(&self.bins.ringstore);
+        command
+            .args(args)
+            .env("NATS_URL", self.nats_url())
+            .kill_on_drop(true);
+        if let Some(auth) = self.nats_auth() {
+            command
+                .env("NATS_USER", &auth.admin.user)
+                .env("NATS_PASSWORD", &auth.admin.password);
+        }
+        let run = tokio::time::timeout(Duration::from_secs(30), command.output()).await;
+        let output = run
+            .unwrap_or_else(|_| panic!("ringstore {args:?} ran over 30 s"))
+            .unwrap_or_else(|e| panic!("ringstore {args:?}: {e}"));
+        eprintln!(
+            "== ringstore {}: {}\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
     /// Runs `dbnode --provision` again (e.g. after deleting a log stream), as `admin`.
     pub async fn provision(&self) {
         let auth = self

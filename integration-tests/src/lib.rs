@@ -66,13 +66,15 @@ pub use crate::tls::TlsFiles;
 /// How often [`eventually`] polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Where the `dbnode` and `gateway` binaries are.
+/// Where the `dbnode`, `gateway` and `ringstore` (CLI) binaries are.
 #[derive(Debug, Clone)]
 pub struct BinDir {
     /// The `dbnode` binary.
     pub dbnode: PathBuf,
     /// The `gateway` binary.
     pub gateway: PathBuf,
+    /// The operator's CLI, `ringstore` (checked where it is used).
+    pub ringstore: PathBuf,
 }
 
 impl BinDir {
@@ -94,6 +96,7 @@ impl BinDir {
         let bins = BinDir {
             dbnode: dir.join("dbnode"),
             gateway: dir.join("gateway"),
+            ringstore: dir.join("ringstore"),
         };
         let mut needed = vec![&bins.dbnode];
         if need_gateway {

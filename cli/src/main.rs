@@ -1,0 +1,87 @@
+//! `ringstore`: the operator's CLI (docs/operations.md). It logs in to NATS as the operator
+//! identity (`admin`), reads the partition map, asks the nodes and the logs, and prints a
+//! table for people or JSON (`--json`) for scripts. Exit 0: fine; 1: a problem was found (or
+//! NATS could not be asked); 2: a usage error.
+
+mod log;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// How long one question to NATS (a ping, a stream's info, a log read) may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(name = "ringstore", version, about = "Operate a ringstore deployment", long_about = None)]
+struct Cli {
+    /// NATS: servers, the operator's credentials (`admin`), TLS.
+    #[command(flatten)]
+    nats: runtime::NatsConfig,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The ring: every node (state, partitions held), every partition (its copies, how far
+    /// each has applied its log, the log's end, leader and replicas). Exits 1 when a partition
+    /// is not served by all its copies ready, a copy lags, or a log has no leader: usable as a
+    /// health check.
+    Status,
+    /// The replication logs as people read them.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Decoded log entries: sequence, time, partition, record id (decoded from the entry's
+    /// subject), operation, version, writer, request id. Entries whose subject and payload
+    /// disagree, or whose writer does not hold the partition, are marked `suspect`.
+    Tail(log::TailArgs),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options = cli
+        .nats
+        .options("ringstore-cli")
+        .connection_timeout(ASK_TIMEOUT);
+    let client = match cli.nats.connect(options).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("ringstore: cannot connect to NATS ({}): {e}", cli.nats.url);
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Status => status::run(&client, cli.json).await,
+        Command::Log(LogCommand::Tail(args)) => log::tail(&client, &args, cli.json).await,
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ringstore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arguments_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

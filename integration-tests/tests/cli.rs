@@ -1,0 +1,159 @@
+//! The operator's CLI, `ringstore`, against real processes (3 dbnodes over 12 partitions):
+//! `status` tells a healthy ring from one with a node down (exit 0 / 1, tables and JSON), and
+//! `log tail` shows a record's entries as the gateway acknowledged them, and flags an entry no
+//! ringstore writer made.
+
+use std::time::Duration;
+
+use integration_tests::{etag, eventually, Cluster};
+use protocol::subjects;
+use serde_json::{json, Value};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn user(id: &str, name: &str) -> Value {
+    json!({ "id": id, "name": name, "email": "ops@example.com", "group": 2 })
+}
+
+/// `ringstore --json log tail --id {id}`: one JSON row per entry.
+async fn tail_rows(cluster: &Cluster, id: &str) -> Vec<Value> {
+    let output = cluster
+        .ringstore(&["--json", "log", "tail", "--id", id])
+        .await;
+    assert_eq!(output.status.code(), Some(0));
+    stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON row per line"))
+        .collect()
+}
+
+async fn three_over_twelve() -> Cluster {
+    Cluster::builder().nodes(3).partitions(12).start().await
+}
+
+#[tokio::test]
+async fn status_is_ok_on_a_ready_ring_and_names_the_problem_when_a_node_is_down() {
+    let mut cluster = three_over_twelve().await;
+    let healthy = cluster.ringstore(&["status"]).await;
+    assert_eq!(healthy.status.code(), Some(0), "a ready ring is OK");
+    let table = stdout(&healthy);
+    assert!(table.contains("12 partitions over 3 nodes"), "{table}");
+    assert!(table.contains("OK: every partition"), "{table}");
+
+    let json = cluster.ringstore(&["--json", "status"]).await;
+    assert_eq!(json.status.code(), Some(0));
+    let status: Value = serde_json::from_slice(&json.stdout).expect("status --json is JSON");
+    let partitions = status["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 12);
+    for p in partitions {
+        let copies = p["copies"].as_array().expect("copies");
+        assert_eq!(copies.len(), 2, "{p}");
+        assert!(copies.iter().all(|c| c["ready"] == json!(true)), "{p}");
+    }
+    assert_eq!(status["problems"], json!([]));
+
+    cluster.node(1).kill9();
+    // The node is gone as soon as it stops answering its ping: the next status sees it.
+    let down = cluster.ringstore(&["--json", "status"]).await;
+    assert_eq!(down.status.code(), Some(1), "a node down is a problem");
+    let status: Value = serde_json::from_slice(&down.stdout).expect("JSON");
+    let problems: Vec<String> = status["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| p.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "db-1 does not answer its ping"),
+        "{problems:?}"
+    );
+    // db-1 is primary of P1 P4 P7 P10 and replica of P0 P3 P6 P9: 8 copies down.
+    let copies_down = problems
+        .iter()
+        .filter(|p| p.contains("on db-1 is not ready"))
+        .count();
+    assert_eq!(copies_down, 8, "{problems:?}");
+
+    cluster.node(1).start();
+    cluster.wait_node_ready(1).await;
+    eventually(Duration::from_secs(20), || async {
+        let again = cluster.ringstore(&["status"]).await;
+        (again.status.code() == Some(0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn log_tail_shows_a_records_history_and_flags_a_forged_entry() {
+    let cluster = three_over_twelve().await;
+
+    let created = cluster.create(&user("ops-1", "first")).await;
+    assert_eq!(created.status(), 201);
+    let v1 = etag(&created);
+    let tail = tail_rows(&cluster, "ops-1").await;
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    assert_eq!(tail[0]["op"], json!("create"));
+    assert_eq!(tail[0]["version"], json!(v1), "the version is the ETag");
+    assert_eq!(tail[0]["id"], json!("ops-1"));
+    assert_eq!(
+        tail[0]["partition"],
+        json!(cluster.map().partition_of("ops-1"))
+    );
+
+    // The log keeps a record's latest entry only.
+    let updated = cluster.put_id("ops-1", &json!({"name": "second"})).await;
+    assert_eq!(updated.status(), 200);
+    let tail = tail_rows(&cluster, "ops-1").await;
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    assert_eq!(tail[0]["op"], json!("update"));
+    assert_eq!(tail[0]["version"], json!(etag(&updated)));
+
+    assert_eq!(cluster.delete("ops-1").await.status(), 204);
+    let tail = tail_rows(&cluster, "ops-1").await;
+    assert_eq!(tail[0]["op"], json!("delete"));
+    assert_eq!(tail[0]["version"], Value::Null);
+    assert!(tail.iter().all(|r| r["suspect"].is_null()), "{tail:?}");
+
+    // An entry no ringstore writer made (the operator's identity may write anything): the
+    // tail shows it, marked.
+    let client = cluster.nats_client().await;
+    let p = cluster.map().partition_of("ops-3");
+    let forged = json!({"id": "someone-else", "record": null, "writer": "db-0", "request_id": "x"});
+    let js = async_nats::jetstream::new(client);
+    js.publish(subjects::log_subject(p, "ops-3"), forged.to_string().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let tail = cluster.ringstore(&["log", "tail", "--id", "ops-3"]).await;
+    assert_eq!(tail.status.code(), Some(0));
+    assert!(stdout(&tail).contains("SUSPECT"), "{}", stdout(&tail));
+}
+
+#[tokio::test]
+async fn status_on_a_nats_cluster_names_each_logs_leader_and_replicas() {
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .partitions(12)
+        .nats_servers(3)
+        .start()
+        .await;
+    let output = eventually(Duration::from_secs(20), || async {
+        let output = cluster.ringstore(&["--json", "status"]).await;
+        (output.status.code() == Some(0)).then_some(output)
+    })
+    .await;
+    let status: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for p in status["partitions"].as_array().expect("partitions") {
+        let log = &p["log"];
+        assert_eq!(log["clustered"], json!(true), "{p}");
+        let leader = log["leader"].as_str().expect("a leader");
+        assert!(leader.starts_with("nats-"), "{p}");
+        let replicas = log["replicas"].as_array().expect("replicas");
+        assert_eq!(replicas.len(), 2, "R3: two servers besides the leader: {p}");
+    }
+}
