@@ -157,3 +157,119 @@ async fn status_on_a_nats_cluster_names_each_logs_leader_and_replicas() {
         assert_eq!(replicas.len(), 2, "R3: two servers besides the leader: {p}");
     }
 }
+
+/// Overwrites the stored record `id` of partition `p` in the RocksDB at `data_dir` (its node
+/// stopped) with one whose name is `name`, as a bit flip or a faulty apply would leave it.
+fn corrupt(data_dir: &std::path::Path, p: u32, id: &str, name: &str) {
+    let opts = rocksdb::Options::default();
+    let families = rocksdb::DB::list_cf(&opts, data_dir).expect("the copy's column families");
+    let db = rocksdb::DB::open_cf(&opts, data_dir, &families).expect("the copy's RocksDB");
+    let cf = db
+        .cf_handle(&format!("p{p}"))
+        .expect("the partition's column family");
+    let key = [b"r".as_slice(), id.as_bytes()].concat();
+    let stored = db
+        .get_cf(cf, &key)
+        .expect("read")
+        .expect("the record is stored");
+    let mut value: Value = serde_json::from_slice(&stored).expect("a stored record is JSON");
+    value["user"]["name"] = json!(name);
+    db.put_cf(cf, &key, serde_json::to_vec(&value).unwrap())
+        .expect("write");
+}
+
+#[tokio::test]
+async fn verify_finds_the_one_record_a_copy_holds_wrong() {
+    let mut cluster = three_over_twelve().await;
+    let ids: Vec<String> = (0..36).map(|i| format!("v-{i}")).collect();
+    for id in &ids {
+        assert_eq!(cluster.create(&user(id, "right")).await.status(), 201);
+    }
+    let clean = cluster.ringstore(&["verify"]).await;
+    assert_eq!(clean.status.code(), Some(0));
+    assert!(
+        stdout(&clean).contains("OK: 24 copies equal their logs"),
+        "{}",
+        stdout(&clean)
+    );
+
+    // A record db-1 is the replica of: flip its copy there, nowhere else.
+    let map = cluster.map().clone();
+    let victim = ids
+        .iter()
+        .find(|id| map.replica(map.partition_of(id)) == Some(protocol::NodeId(1)))
+        .expect("db-1 holds replicas of a third of the ids")
+        .clone();
+    let p = map.partition_of(&victim);
+    cluster.node(1).terminate().await;
+    corrupt(cluster.node(1).data_dir(), p, &victim, "flipped");
+    cluster.node(1).start();
+    cluster.wait_node_ready(1).await;
+
+    let found = cluster.ringstore(&["--json", "verify"]).await;
+    assert_eq!(
+        found.status.code(),
+        Some(1),
+        "a differing copy is a problem"
+    );
+    let rows: Vec<Value> = stdout(&found)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON rows"))
+        .collect();
+    assert_eq!(rows.len(), 24);
+    for row in &rows {
+        let is_victim = row["partition"] == json!(p) && row["node"] == json!("db-1");
+        let expected: Vec<Value> = if is_victim {
+            vec![json!(victim)]
+        } else {
+            vec![]
+        };
+        assert_eq!(row["differing"], json!(expected), "{row}");
+        assert_eq!(row["digest_log"] != row["digest_copy"], is_victim, "{row}");
+    }
+}
+
+#[tokio::test]
+async fn verify_under_a_write_load_finds_nothing_wrong() {
+    let cluster = three_over_twelve().await;
+    let ids: Vec<String> = (0..48).map(|i| format!("w-{i}")).collect();
+    for id in &ids {
+        assert_eq!(cluster.create(&user(id, "n-0")).await.status(), 201);
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let (stop, rounds) = (AtomicBool::new(false), AtomicU32::new(0));
+    let writes = async {
+        while !stop.load(Ordering::Relaxed) {
+            let name = format!("n-{}", rounds.load(Ordering::Relaxed) + 1);
+            for id in &ids {
+                let status = cluster.put_id(id, &json!({ "name": name })).await.status();
+                assert_eq!(status, 200, "update {id}");
+            }
+            rounds.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let checks = async {
+        let (mut runs, mut changed) = (0, 0);
+        // Until the writers have gone round three times while checks ran, and three checks.
+        while runs < 3 || rounds.load(Ordering::Relaxed) < 3 {
+            let run = cluster.ringstore(&["--json", "verify"]).await;
+            assert_eq!(
+                run.status.code(),
+                Some(0),
+                "no copy differs while writes go on"
+            );
+            for line in stdout(&run).lines() {
+                let row: Value = serde_json::from_str(line).expect("JSON rows");
+                changed += row["changed_during"].as_u64().unwrap_or(0);
+            }
+            runs += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        (runs, changed)
+    };
+    let ((), (runs, changed)) = tokio::join!(writes, checks);
+    eprintln!(
+        "== {runs} checks during {} rounds of updates; {changed} records changed during them",
+        rounds.load(Ordering::Relaxed)
+    );
+}
