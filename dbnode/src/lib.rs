@@ -239,6 +239,89 @@ async fn compact_outcomes(
     }
 }
 
+/// What a node holds once it has joined the ring: the map, its storage and its partitions.
+struct Holdings {
+    map: PartitionMap,
+    storage: Storage,
+    partitions: Vec<Arc<Partition>>,
+    retention: storage::OutcomeRetention,
+}
+
+/// Reads the map, opens RocksDB for the partitions it gives this node and every one of their
+/// logs, and the key bucket; `None` when `shutdown` came first.
+async fn join(
+    client: &async_nats::Client,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Holdings>, NodeError> {
+    let node = config.db_instance_id;
+    let Some(map) = partition_map(client, config, false, shutdown).await? else {
+        return Ok(None);
+    };
+    let hosted = map.hosted(node);
+    if hosted.is_empty() {
+        let ring: Vec<String> = map.nodes().iter().map(ToString::to_string).collect();
+        return Err(NodeError::NotInMap(node, ring.join(", ")));
+    }
+    info!(%node, ?hosted, epoch = map.epoch, data_dir = %config.data_dir.display(), "opening storage");
+    let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
+    let retention = storage::OutcomeRetention {
+        age: Duration::from_secs(config.outcome_retention_secs),
+        writes: config.outcome_keep_writes,
+    };
+    let storage = Storage::open(&config.data_dir, &ids, retention)?;
+    let mut partitions = Vec::new();
+    for &(p, role) in &hosted {
+        let Some(log) = open_log(client, config, p, shutdown).await else {
+            return Ok(None);
+        };
+        let partition = Partition::new(p, role, node, storage.clone(), log)?;
+        partitions.push(Arc::new(partition));
+    }
+    if open_key_bucket(client, config, shutdown).await.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Holdings {
+        map,
+        storage,
+        partitions,
+        retention,
+    }))
+}
+
+/// Catches every partition up with its log; false when `shutdown` came first.
+async fn catch_up(partitions: &[Arc<Partition>], shutdown: &CancellationToken) -> bool {
+    for partition in partitions {
+        let caught_up = retry("reading the log's end", shutdown, || {
+            partition.catch_up(shutdown)
+        })
+        .await;
+        if caught_up.is_none() || shutdown.is_cancelled() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Starts every partition's tailer and the outcome compaction on `tasks`.
+fn spawn_appliers(
+    tasks: &TaskTracker,
+    storage: &Storage,
+    partitions: &[Arc<Partition>],
+    retention: storage::OutcomeRetention,
+    shutdown: &CancellationToken,
+) {
+    for partition in partitions {
+        tasks.spawn(partition.clone().tail(shutdown.clone()));
+    }
+    tasks.spawn(compact_outcomes(
+        storage.clone(),
+        partitions.iter().map(|p| p.id).collect(),
+        outcome_compaction_interval(retention.age),
+        shutdown.clone(),
+    ));
+}
+
 /// Runs a dbnode until `shutdown` fires, then shuts down gracefully: stop taking requests,
 /// finish those in flight, drain NATS, flush RocksDB.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
@@ -254,48 +337,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     if presence::node_state(&client, node).await.is_some() {
         return Err(NodeError::DuplicateNode(node));
     }
-    let Some(map) = partition_map(&client, &config, false, &shutdown).await? else {
+    let Some(Holdings {
+        map,
+        storage,
+        partitions,
+        retention,
+    }) = join(&client, &config, &shutdown).await?
+    else {
         return Ok(());
     };
-    let hosted = map.hosted(node);
-    if hosted.is_empty() {
-        let ring: Vec<String> = map.nodes().iter().map(ToString::to_string).collect();
-        return Err(NodeError::NotInMap(node, ring.join(", ")));
-    }
-    info!(%node, ?hosted, epoch = map.epoch, data_dir = %config.data_dir.display(), "opening storage");
-    let ids: Vec<_> = hosted.iter().map(|(p, _)| *p).collect();
-    let retention = storage::OutcomeRetention {
-        age: Duration::from_secs(config.outcome_retention_secs),
-        writes: config.outcome_keep_writes,
-    };
-    let storage = Storage::open(&config.data_dir, &ids, retention)?;
-
-    let mut partitions = Vec::new();
-    for &(p, role) in &hosted {
-        let Some(log) = open_log(&client, &config, p, &shutdown).await else {
-            return Ok(());
-        };
-        partitions.push(Arc::new(Partition::new(
-            p,
-            role,
-            node,
-            storage.clone(),
-            log,
-        )?));
-    }
-
-    if open_key_bucket(&client, &config, &shutdown).await.is_none() {
-        return Ok(());
-    }
 
     let tasks = TaskTracker::new();
     let (state, state_rx) = watch::channel(NodeState::CatchingUp);
     let conflict = CancellationToken::new();
-    let instance = uuid::Uuid::new_v4().to_string();
     let presence_task = presence::run(
         client.clone(),
         node,
-        instance,
+        uuid::Uuid::new_v4().to_string(),
         state_rx,
         partitions.clone(),
         shutdown.clone(),
@@ -306,27 +364,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             warn!(error = %e, "presence stopped");
         }
     });
-    for partition in &partitions {
-        tasks.spawn(partition.clone().tail(shutdown.clone()));
-    }
-    tasks.spawn(compact_outcomes(
-        storage.clone(),
-        ids.clone(),
-        outcome_compaction_interval(retention.age),
-        shutdown.clone(),
-    ));
+    spawn_appliers(&tasks, &storage, &partitions, retention, &shutdown);
 
     info!(%node, "catching up from the logs");
-    for partition in &partitions {
-        let caught_up = retry("reading the log's end", &shutdown, || {
-            partition.catch_up(&shutdown)
-        })
-        .await;
-        if caught_up.is_none() || shutdown.is_cancelled() {
-            break;
-        }
-    }
-    let served = if shutdown.is_cancelled() {
+    let served = if !catch_up(&partitions, &shutdown).await {
         info!(%node, "stopped during catch-up");
         Ok(())
     } else {
