@@ -27,15 +27,15 @@ use crate::ASK_TIMEOUT;
 const PAGE: u32 = 500;
 
 /// The log's view of a partition: each record's latest entry (sequence and record).
-struct LogState {
-    records: BTreeMap<String, (u64, Option<User>)>,
+pub(crate) struct LogState {
+    pub(crate) records: BTreeMap<String, (u64, Option<User>)>,
 }
 
 /// One copy, as its scan answered.
-struct CopyState {
-    records: BTreeMap<String, User>,
+pub(crate) struct CopyState {
+    pub(crate) records: BTreeMap<String, User>,
     /// The lowest sequence any page was consistent with.
-    seen: u64,
+    pub(crate) seen: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +58,10 @@ struct CopyReport {
     error: Option<String>,
 }
 
-async fn read_log(client: &async_nats::Client, p: PartitionId) -> anyhow::Result<LogState> {
+pub(crate) async fn read_log(
+    client: &async_nats::Client,
+    p: PartitionId,
+) -> anyhow::Result<LogState> {
     let mut reader = LogReader::open(client.clone(), p, ASK_TIMEOUT).await?;
     let mut records = BTreeMap::new();
     let mut next = 1;
@@ -105,7 +108,7 @@ async fn scan_page(
     }
 }
 
-async fn read_copy(
+pub(crate) async fn read_copy(
     client: &async_nats::Client,
     p: PartitionId,
     role: Role,
@@ -126,7 +129,9 @@ async fn read_copy(
     }
 }
 
-fn digest<'a>(records: impl Iterator<Item = (&'a String, &'a User)>) -> String {
+/// SHA-256 (first 8 bytes, hex) over `records` in id order: the digest `verify`, `backup`
+/// and `restore` all state.
+pub(crate) fn digest<'a>(records: impl Iterator<Item = (&'a String, &'a User)>) -> String {
     let mut hash = Sha256::new();
     for (id, user) in records {
         hash.update(id.as_bytes());
