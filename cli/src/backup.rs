@@ -88,35 +88,26 @@ async fn back_up_partition<W: Write>(
     out: &mut Out<W>,
 ) -> anyhow::Result<PartitionManifest> {
     let mut reader = LogReader::open(client.clone(), p, ASK_TIMEOUT).await?;
-    let (mut next, mut cut, mut entries) = (1, 0, 0);
+    let (mut cut, mut entries) = (0, 0);
     let mut live: BTreeMap<String, User> = BTreeMap::new();
-    loop {
-        let batch = reader
-            .fetch(next, 256)
-            .await
-            .with_context(|| format!("reading P{p}'s log"))?;
-        for m in &batch.messages {
-            next = next.max(m.seq + 1);
-            cut = cut.max(m.seq);
-            // Check markers and anything else that is not an entry change no record.
-            let Ok(entry) = serde_json::from_slice::<LogEntry>(&m.payload) else {
-                continue;
-            };
-            match &entry.record {
-                Some(user) => live.insert(entry.id.clone(), user.clone()),
-                None => live.remove(&entry.id),
-            };
-            entries += 1;
-            out.line(&Line::Entry {
-                partition: p,
-                seq: m.seq,
-                entry,
-            })?;
-        }
-        if batch.pending == Some(0) || batch.messages.is_empty() {
-            break;
-        }
-    }
+    crate::log::read_to_end(&mut reader, 1, |m| {
+        cut = cut.max(m.seq);
+        // Check markers and anything else that is not an entry change no record.
+        let Ok(entry) = serde_json::from_slice::<LogEntry>(&m.payload) else {
+            return Ok(());
+        };
+        match &entry.record {
+            Some(user) => live.insert(entry.id.clone(), user.clone()),
+            None => live.remove(&entry.id),
+        };
+        entries += 1;
+        out.line(&Line::Entry {
+            partition: p,
+            seq: m.seq,
+            entry,
+        })
+    })
+    .await?;
     Ok(PartitionManifest {
         partition: p,
         cut,

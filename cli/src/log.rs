@@ -120,13 +120,13 @@ fn print(row: &Row, json: bool) {
     );
 }
 
-/// Prints partition `p`'s entries from `from` until nothing is left; returns the next sequence.
-async fn drain(
+/// Reads `reader`'s log from `from` until nothing is left to deliver, handing each entry to
+/// `each` in log order; returns the sequence after the last one read. (The commands that read
+/// whole logs — tail, verify, backup — all read them so.)
+pub(crate) async fn read_to_end(
     reader: &mut LogReader,
-    map: &PartitionMap,
     from: u64,
-    only: Option<&str>,
-    json: bool,
+    mut each: impl FnMut(&LogMessage) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let p = reader.partition();
     let mut next = from;
@@ -137,15 +137,31 @@ async fn drain(
             .with_context(|| format!("reading P{p}'s log"))?;
         for message in &batch.messages {
             next = next.max(message.seq + 1);
-            let row = decode(map, p, message);
-            if only.is_none_or(|id| row.id.as_deref() == Some(id)) {
-                print(&row, json);
-            }
+            each(message)?;
         }
         if batch.pending == Some(0) || batch.messages.is_empty() {
             return Ok(next);
         }
     }
+}
+
+/// Prints partition `p`'s entries from `from` until nothing is left; returns the next sequence.
+async fn drain(
+    reader: &mut LogReader,
+    map: &PartitionMap,
+    from: u64,
+    only: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u64> {
+    let p = reader.partition();
+    read_to_end(reader, from, |message| {
+        let row = decode(map, p, message);
+        if only.is_none_or(|id| row.id.as_deref() == Some(id)) {
+            print(&row, json);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// `ringstore log tail`.

@@ -5,6 +5,7 @@
 
 mod backup;
 mod log;
+mod perf;
 mod status;
 mod verify;
 
@@ -61,6 +62,17 @@ enum Command {
         /// The backup (`-`: standard input).
         file: String,
     },
+    /// Checks of the running deployment.
+    #[command(subcommand)]
+    Check(CheckCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckCommand {
+    /// A bounded write and read load with a PASS/FAIL verdict (exit 0/1), as `etcdctl check
+    /// perf`: creates its own records on every partition over NATS, reads each back from its
+    /// other copy, deletes them again.
+    Perf(perf::PerfArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +103,7 @@ async fn main() -> ExitCode {
         Command::Verify { partition } => verify::run(&client, partition, cli.json).await,
         Command::Backup { file } => backup::backup(&client, &file).await,
         Command::Restore { file } => backup::restore(&client, &file, cli.json).await,
+        Command::Check(CheckCommand::Perf(args)) => perf::run(&client, &args, cli.json).await,
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -64,19 +64,14 @@ pub(crate) async fn read_log(
 ) -> anyhow::Result<LogState> {
     let mut reader = LogReader::open(client.clone(), p, ASK_TIMEOUT).await?;
     let mut records = BTreeMap::new();
-    let mut next = 1;
-    loop {
-        let batch = reader.fetch(next, 256).await?;
-        for m in &batch.messages {
-            next = next.max(m.seq + 1);
-            if let Ok(entry) = serde_json::from_slice::<LogEntry>(&m.payload) {
-                records.insert(entry.id.clone(), (m.seq, entry.record));
-            }
+    crate::log::read_to_end(&mut reader, 1, |m| {
+        if let Ok(entry) = serde_json::from_slice::<LogEntry>(&m.payload) {
+            records.insert(entry.id.clone(), (m.seq, entry.record));
         }
-        if batch.pending == Some(0) || batch.messages.is_empty() {
-            return Ok(LogState { records });
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(LogState { records })
 }
 
 async fn scan_page(

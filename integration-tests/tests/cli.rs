@@ -273,3 +273,51 @@ async fn verify_under_a_write_load_finds_nothing_wrong() {
         rounds.load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test]
+async fn check_perf_passes_on_a_healthy_ring_fails_below_its_bar_and_cleans_up() {
+    let cluster = three_over_twelve().await;
+    let args = [
+        "--json",
+        "check",
+        "perf",
+        "--seconds",
+        "2",
+        "--clients",
+        "8",
+    ];
+    let run = cluster.ringstore(&args).await;
+    assert_eq!(run.status.code(), Some(0), "a healthy ring passes");
+    let verdict: Value = serde_json::from_slice(&run.stdout).expect("a JSON verdict");
+    let writes = verdict["writes"].as_u64().expect("writes");
+    assert!(writes > 0, "{verdict}");
+    assert_eq!(verdict["reads_verified"], json!(writes), "{verdict}");
+    assert_eq!(verdict["deleted"], json!(writes), "{verdict}");
+    assert_eq!(verdict["pass"], json!(true));
+
+    let impossible = [
+        "check",
+        "perf",
+        "--seconds",
+        "1",
+        "--clients",
+        "2",
+        "--min-rate",
+        "10000000",
+    ];
+    let run = cluster.ringstore(&impossible).await;
+    assert_eq!(run.status.code(), Some(1), "below the bar fails");
+    assert!(stdout(&run).contains("FAIL:"), "{}", stdout(&run));
+
+    // The deletes went around the gateway, so its reads may see a copy a moment behind them.
+    eventually(Duration::from_secs(10), || async {
+        let count = cluster
+            .request(reqwest::Method::GET, "/api/users/count")
+            .send()
+            .await
+            .ok()?;
+        let count: Value = count.json().await.ok()?;
+        (count["count"] == json!(0)).then_some(())
+    })
+    .await;
+}
