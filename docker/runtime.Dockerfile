@@ -16,7 +16,8 @@ LABEL org.opencontainers.image.vendor=ringstore \
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home ringstore \
     && mkdir -p /data/db \
     && chown -R ringstore:ringstore /data
-COPY ${BIN} /usr/local/bin/${BIN}
+# The staged binaries: BIN, and for dbnode the operator's CLI `ringstore` beside it.
+COPY . /usr/local/bin/
 
 ENV RINGSTORE_BIN=${BIN} \
     DATA_DIR=/data/db \
