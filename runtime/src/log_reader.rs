@@ -144,6 +144,56 @@ impl LogReader {
 }
 
 impl LogReader {
+    /// The sequence of the first entry at or after `from` as the log's **leader** holds it
+    /// (`None`: there is none). A message get, which only the leader of an R3 log answers,
+    /// where any of its servers answers a direct get: a batch's "nothing left" can come from a
+    /// server that is behind, this cannot.
+    pub async fn leader_next(&self, from: u64) -> Result<Option<u64>, LogReadError> {
+        let subject = format!(
+            "$JS.API.STREAM.MSG.GET.{}",
+            subjects::stream_name(self.partition)
+        );
+        let body = format!(
+            r#"{{"seq":{},"next_by_subj":"{}"}}"#,
+            from.max(1),
+            subjects::log_filter(self.partition)
+        );
+        let ask = self.client.request(subject.clone(), body.into());
+        let answer = tokio::time::timeout(self.timeout, ask)
+            .await
+            .map_err(|_| LogReadError::TimedOut(self.timeout))?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => LogReadError::NoResponders(subject),
+                _ => LogReadError::Nats(e.to_string()),
+            })?;
+        #[derive(serde::Deserialize)]
+        struct Found {
+            seq: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Refusal {
+            code: u16,
+            #[serde(default)]
+            description: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct MsgGet {
+            message: Option<Found>,
+            error: Option<Refusal>,
+        }
+        let got: MsgGet = serde_json::from_slice(&answer.payload)
+            .map_err(|e| LogReadError::Refused(format!("a message get answer: {e}")))?;
+        match (got.message, got.error) {
+            (Some(found), _) => Ok(Some(found.seq)),
+            (None, Some(refusal)) if refusal.code == 404 => Ok(None),
+            (None, Some(refusal)) => Err(LogReadError::Refused(format!(
+                "{} {}",
+                refusal.code, refusal.description
+            ))),
+            (None, None) => Err(LogReadError::Refused("an empty message get answer".into())),
+        }
+    }
+
     /// The entries at exactly the sequences `from..=to` (at most [`EXACT_MAX`]), asked all at
     /// once, one direct get each: cheaper for the server than a batch, whose count of what is
     /// left costs it a walk of the subjects of a block once the log has deleted entries (every

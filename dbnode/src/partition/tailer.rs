@@ -197,15 +197,22 @@ impl Want {
     }
 }
 
-/// A fetch's result: the reader back, the batch, when it was sent, the log's end as the checks
-/// knew it then, and for an exact read the sequences it asked for.
-type Fetched = (
-    runtime::LogReader,
-    Result<Batch, LogReadError>,
-    Instant,
-    u64,
-    Option<(u64, u64)>,
-);
+/// A fetch's result.
+struct Fetched {
+    /// The reader, handed back.
+    reader: runtime::LogReader,
+    batch: Result<Batch, LogReadError>,
+    /// When the fetch was sent.
+    sent: Instant,
+    /// The log's end as the checks knew it then.
+    end: u64,
+    /// For an exact read, the sequences it asked for.
+    asked: Option<(u64, u64)>,
+    /// With a gap open and a batch that found nothing left: the first entry after the batch
+    /// as the log's leader holds it (`Ok(None)`: none). Any server of an R3 log answers a
+    /// batch, one that is behind too; only the leader's word closes a gap.
+    leader_next: Option<Result<Option<u64>, LogReadError>>,
+}
 
 /// One session: reads the log from the applied sequence on until an error, a changed log or
 /// `shutdown`. The loop only waits; what each event means is [`Session`]'s.
@@ -250,12 +257,11 @@ async fn tail(
             _ = sleep_until(retry_at), if retry_at.is_some() => {
                 session.want.due(partition.applied());
             }
-            (idle, batch, sent, end, asked) = async { fetching.as_mut().expect("a fetch").await },
-                if fetching.is_some() =>
-            {
+            done = async { fetching.as_mut().expect("a fetch").await }, if fetching.is_some() => {
                 fetching = None;
+                let Fetched { reader: idle, batch, sent, end, asked, leader_next } = done;
                 reader = Some(idle);
-                session.fetched(batch, sent, end, asked)?;
+                session.fetched(batch, sent, end, asked, leader_next)?;
             }
         }
     }
@@ -323,13 +329,26 @@ impl<'a> Session<'a> {
             .want
             .target
             .min(from + runtime::log_reader::EXACT_MAX - 1);
+        let gap = self.gap;
         Box::pin(async move {
             let (batch, asked) = if exact {
                 (reader.fetch_exact(from, to).await, Some((from, to)))
             } else {
                 (reader.fetch(from, BATCH).await, None)
             };
-            (reader, batch, sent, end, asked)
+            let mut leader_next = None;
+            if let Some(found) = batch.as_ref().ok().filter(|b| gap && b.pending == Some(0)) {
+                let after = found.messages.last().map_or(from - 1, |m| m.seq);
+                leader_next = Some(reader.leader_next(after + 1).await);
+            }
+            Fetched {
+                reader,
+                batch,
+                sent,
+                end,
+                asked,
+                leader_next,
+            }
         })
     }
 
@@ -411,46 +430,19 @@ impl<'a> Session<'a> {
         sent: Instant,
         end: u64,
         asked: Option<(u64, u64)>,
+        leader_next: Option<Result<Option<u64>, LogReadError>>,
     ) -> Result<(), Retail> {
         let p = self.partition.id;
-        let batch = match fetched {
+        let mut batch = match fetched {
             Ok(batch) => batch,
-            Err(LogReadError::Nats(e)) => {
-                warn!(partition = p, error = %e, "cannot read the log; re-tailing");
-                return Err(Retail);
-            }
-            Err(e) => {
-                // An election, a server going away: the next fetch, soon, may find a leader.
-                self.want.failures += 1;
-                let failures = self.want.failures;
-                if failures == 1 || failures.is_power_of_two() {
-                    warn!(partition = p, error = %e, failures, "reading the log failed; retrying");
-                }
-                self.want.again(FAILED_RETRY, RETRY);
-                return Ok(());
-            }
+            Err(e) => return self.failed(e),
         };
         self.want.failures = 0;
         self.want.retry = None;
         self.want.backoff = Duration::ZERO;
-        let mut batch = batch;
-        let mut stepped_over = false;
-        if asked.is_some() {
-            // Each sequence of an exact read may be answered by another server of the log, one
-            // that does not have it yet: an absent answer proves nothing. Only the run right
-            // after the applied sequence is applied; what follows a missing one waits for a
-            // batch, which one server answers from its prefix of the log, and which so tells a
-            // deleted entry from a late one.
-            let mut next = self.partition.applied() + 1;
-            let answered = batch.messages.len();
-            batch.messages.retain(|m| {
-                let keep = m.seq <= next;
-                next += u64::from(m.seq == next);
-                keep
-            });
-            stepped_over = batch.messages.len() < answered;
-        }
-        if let Err(e) = apply_batch(self.partition, &batch, &mut self.gap) {
+        let stepped_over = asked.is_some() && keep_contiguous(&mut batch, self.partition.applied());
+        let confirmed = matches!(leader_next, Some(Ok(None)));
+        if let Err(e) = apply_batch(self.partition, &batch, &mut self.gap, confirmed) {
             warn!(partition = p, error = %e, "apply failed; re-tailing");
             return Err(Retail);
         }
@@ -474,13 +466,68 @@ impl<'a> Session<'a> {
             self.want.fetch = true;
             return Ok(());
         }
+        self.nothing_left(leader_next, sent, end);
+        Ok(())
+    }
+
+    /// A fetch failed: a closed connection ends the session, anything else is tried again.
+    fn failed(&mut self, e: LogReadError) -> Result<(), Retail> {
+        let p = self.partition.id;
+        if let LogReadError::Nats(e) = e {
+            warn!(partition = p, error = %e, "cannot read the log; re-tailing");
+            return Err(Retail);
+        }
+        // An election, a server going away: the next fetch, soon, may find a leader.
+        self.want.failures += 1;
+        let failures = self.want.failures;
+        if failures == 1 || failures.is_power_of_two() {
+            warn!(partition = p, error = %e, failures, "reading the log failed; retrying");
+        }
+        self.want.again(FAILED_RETRY, RETRY);
+        Ok(())
+    }
+
+    /// A batch found nothing left after it: the copy has drained the log (sent at `sent`, the
+    /// checks knowing its end as `end`) unless the leader, asked because a gap was open, holds
+    /// more or did not answer.
+    fn nothing_left(
+        &mut self,
+        leader_next: Option<Result<Option<u64>, LogReadError>>,
+        sent: Instant,
+        end: u64,
+    ) {
+        match leader_next {
+            // The leader holds more than the server that answered: read on.
+            Some(Ok(Some(_))) => return self.want.drain_now(),
+            Some(Err(e)) => {
+                let p = self.partition.id;
+                debug!(partition = p, error = %e, "the leader did not confirm the log's end");
+                return self.want.again(FAILED_RETRY, RETRY);
+            }
+            Some(Ok(None)) | None => {}
+        }
         self.want.end_drained = self.want.end_drained.max(end);
         self.partition.drained.send_replace(Some(sent));
         if self.partition.applied() < self.want.target {
             self.want.again(BEHIND_RETRY, BEHIND_RETRY_MAX);
         }
-        Ok(())
     }
+}
+
+/// Keeps of an exact read only the run of entries right after `applied` (and any at or below
+/// it, which apply skips); true when it dropped some. Each sequence of an exact read may be
+/// answered by another server of the log, one that does not have it yet: an absent answer
+/// proves nothing, and what follows a missing sequence waits for a batch, which one server
+/// answers from its prefix of the log, and which so tells a deleted entry from a late one.
+fn keep_contiguous(batch: &mut Batch, applied: u64) -> bool {
+    let mut next = applied + 1;
+    let answered = batch.messages.len();
+    batch.messages.retain(|m| {
+        let keep = m.seq <= next;
+        next += u64::from(m.seq == next);
+        keep
+    });
+    batch.messages.len() < answered
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -490,9 +537,17 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Applies a fetched batch (entries past the applied sequence only) in one write; opens the
-/// gap when the batch steps over a sequence, closes it when nothing is left to deliver.
-fn apply_batch(partition: &Partition, fetched: &Batch, gap: &mut bool) -> Result<(), StorageError> {
+/// gap when the batch steps over a sequence, closes it when nothing is left to deliver: on the
+/// word of the server that answered if the gap opened in this batch (it holds whatever
+/// superseded the entries it stepped over), else only once the leader `confirmed` it.
+fn apply_batch(
+    partition: &Partition,
+    fetched: &Batch,
+    gap: &mut bool,
+    confirmed: bool,
+) -> Result<(), StorageError> {
     let p = partition.id;
+    let was_open = *gap;
     let mut applied = partition.applied();
     let mut batch = Vec::with_capacity(fetched.messages.len());
     for message in &fetched.messages {
@@ -524,7 +579,13 @@ fn apply_batch(partition: &Partition, fetched: &Batch, gap: &mut bool) -> Result
     apply(partition, &batch)?;
     // Nothing left to deliver: every entry that superseded a skipped one (appended before the
     // skip) has been delivered and is in this batch or applied.
-    if fetched.pending == Some(0) {
+    if fetched.pending == Some(0) && (!was_open || confirmed) {
+        if was_open {
+            debug!(
+                partition = p,
+                applied, "gap closed: the leader holds nothing after it"
+            );
+        }
         partition.lag.store(0, Ordering::Relaxed);
         *gap = false;
     }
