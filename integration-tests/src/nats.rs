@@ -49,8 +49,8 @@ impl Nats {
     }
 
     /// Starts `nats-server -c nats.conf` (the repository's, or `$RINGSTORE_NATS_CONF`) with
-    /// `auth`'s passwords in its environment, overriding the client port, the monitoring port
-    /// and the store directory (`-p <free> -m <free> -sd <dir>/js`, on 127.0.0.1): the
+    /// `auth`'s passwords in its environment, overriding the client port and the store
+    /// directory and turning monitoring off (`-p <free> -sd <dir>/js -m 0`, on 127.0.0.1): the
     /// permissions of every role are the production ones.
     pub async fn start_with_config(dir: &Path, log: &Path, auth: NatsAuth) -> Nats {
         Nats::launch(dir, log, Some(auth), None).await
@@ -126,8 +126,11 @@ impl Nats {
             proc = proc
                 .arg("-c")
                 .arg(&auth.conf)
+                // No monitoring port (nats.conf's 8222 would collide between tests, and a free
+                // port picked here can be taken by another test's process before the server
+                // binds it: a CI run lost a test so). No test reads the monitoring endpoints.
                 .arg("-m")
-                .arg(crate::free_port().to_string());
+                .arg("0");
             for (key, value) in auth.server_env() {
                 proc = proc.env(&key, value);
             }

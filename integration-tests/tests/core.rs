@@ -420,15 +420,13 @@ async fn a_wiped_copy_rebuilt_across_several_batches_of_a_log_with_holes_is_whol
         .read_from(ReadFrom::Primary)
         .start()
         .await;
-    let mut records = Vec::new();
-    let mut n = 0;
-    while records.len() < 200 {
-        let id = format!("hole-{n:04}");
-        if partition_of(&id, 3) == 1 {
-            records.push(user(&id, "first", 1));
-        }
-        n += 1;
-    }
+    let mut ids = (0..)
+        .map(|n| format!("hole-{n:04}"))
+        .filter(|id| partition_of(id, 3) == 1);
+    let records: Vec<Value> = (&mut ids)
+        .take(200)
+        .map(|id| user(&id, "first", 1))
+        .collect();
     create_all(&cluster, &records).await;
     let mut updated = Vec::new();
     for record in &records {
@@ -437,15 +435,8 @@ async fn a_wiped_copy_rebuilt_across_several_batches_of_a_log_with_holes_is_whol
         let reply = expect(cluster.put_id(id, &body).await, 200).await;
         updated.push(reply.json());
     }
-    // One more create past the batch boundary, so that the hole spans two batches.
-    let mut tail = Vec::new();
-    while tail.len() < 100 {
-        let id = format!("hole-{n:04}");
-        if partition_of(&id, 3) == 1 {
-            tail.push(user(&id, "tail", 2));
-        }
-        n += 1;
-    }
+    // 100 more creates past the batch boundary, so that the hole spans two batches.
+    let tail: Vec<Value> = ids.take(100).map(|id| user(&id, "tail", 2)).collect();
     create_all(&cluster, &tail).await;
     updated.extend(tail);
 
