@@ -17,6 +17,21 @@ use clap::{Parser, Subcommand};
 /// How long one question to NATS (a ping, a stream's info, a log read) may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Sends `request` to a dbnode on `subject` and reads its answer (within [`ASK_TIMEOUT`]).
+pub(crate) async fn ask(
+    client: &async_nats::Client,
+    subject: String,
+    request: &impl serde::Serialize,
+) -> anyhow::Result<protocol::Response> {
+    use anyhow::Context;
+    let body = serde_json::to_vec(request)?;
+    let answer = tokio::time::timeout(ASK_TIMEOUT, client.request(subject.clone(), body.into()))
+        .await
+        .with_context(|| format!("{subject}: no answer in time"))?
+        .with_context(|| subject.clone())?;
+    Ok(serde_json::from_slice(&answer.payload)?)
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "ringstore", version, about = "Operate a ringstore deployment", long_about = None)]
 struct Cli {

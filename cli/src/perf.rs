@@ -15,7 +15,7 @@ use protocol::{
 };
 use serde::Serialize;
 
-use crate::ASK_TIMEOUT;
+use crate::{ask, ASK_TIMEOUT};
 
 #[derive(Debug, clap::Args)]
 pub struct PerfArgs {
@@ -49,39 +49,19 @@ struct Verdict {
     why: Vec<String>,
 }
 
-async fn ask(
-    client: &async_nats::Client,
-    subject: String,
-    body: Vec<u8>,
-) -> anyhow::Result<Response> {
-    let answer = tokio::time::timeout(ASK_TIMEOUT, client.request(subject.clone(), body.into()))
-        .await
-        .with_context(|| format!("{subject}: no answer in time"))?
-        .with_context(|| subject.clone())?;
-    Ok(serde_json::from_slice(&answer.payload)?)
-}
-
 async fn write(
     client: &async_nats::Client,
     map: &PartitionMap,
     kind: WriteKind,
 ) -> anyhow::Result<u64> {
-    let id = match &kind {
-        WriteKind::Create { user } => user.id.clone(),
-        WriteKind::Update { id, .. } | WriteKind::Delete { id, .. } => id.clone(),
-    };
-    let op = match &kind {
-        WriteKind::Create { .. } => Op::Create,
-        WriteKind::Update { .. } => Op::Update,
-        WriteKind::Delete { .. } => Op::Delete,
-    };
+    let (id, op) = (kind.id().to_owned(), kind.op());
     let request = WriteRequest {
         request_id: format!("check-perf-{}", uuid::Uuid::new_v4().simple()),
         deadline: timing::deadline_in(ASK_TIMEOUT),
         kind,
     };
     let subject = subjects::primary(map.partition_of(&id), op);
-    let response = ask(client, subject, serde_json::to_vec(&request)?).await?;
+    let response = ask(client, subject, &request).await?;
     match response.answer {
         Ok(reply) => Ok(reply.version().unwrap_or(response.seen)),
         Err(e) => bail!("{id}: {e}"),
@@ -108,15 +88,12 @@ async fn read_back(
         epoch: 0,
         deadline: timing::deadline_in(ASK_TIMEOUT),
     };
-    let Ok(body) = serde_json::to_vec(&request) else {
-        return false;
-    };
     // A copy that has not applied `version` yet says so (it waits only briefly): ask again,
     // as the gateway would, until the read's own budget is spent.
     let until = Instant::now() + ASK_TIMEOUT;
     loop {
         let subject = subjects::request(p, role, Op::Get);
-        match ask(client, subject, body.clone()).await {
+        match ask(client, subject, &request).await {
             Ok(Response {
                 answer: Ok(Reply::User(found)),
                 ..

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use protocol::{
-    subjects, timing, Answer, LogEntry, NodeId, Op, PartitionId, PartitionMap, Reply, Response,
-    Role, ScanRequest, User,
+    subjects, timing, LogEntry, NodeId, Op, PartitionId, PartitionMap, Reply, Role, ScanRequest,
+    User,
 };
 use runtime::LogReader;
 use serde::Serialize;
@@ -89,14 +89,8 @@ async fn scan_page(
         deadline: timing::deadline_in(ASK_TIMEOUT),
     };
     let subject = subjects::request(p, role, Op::Scan);
-    let payload = serde_json::to_vec(&request)?;
-    let answer = tokio::time::timeout(ASK_TIMEOUT, client.request(subject.clone(), payload.into()))
-        .await
-        .with_context(|| format!("{subject}: no answer in time"))?
-        .with_context(|| subject.clone())?;
-    let response: Response = serde_json::from_slice(&answer.payload)?;
-    let answer: Answer = response.answer;
-    match answer {
+    let response = crate::ask(client, subject.clone(), &request).await?;
+    match response.answer {
         Ok(Reply::Page { items, more }) => Ok((items, more, response.seen)),
         Ok(other) => bail!("{subject}: not a page: {other:?}"),
         Err(e) => bail!("{subject}: refused: {e}"),

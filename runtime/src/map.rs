@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
 use async_nats::jetstream::{self, kv, stream::StorageType, ErrorCode};
 use protocol::subjects::{MAP_BUCKET, MAP_KEY};
 use protocol::PartitionMap;
@@ -48,19 +48,29 @@ fn decode(bytes: &[u8]) -> Result<PartitionMap, MapStoreError> {
 
 /// The current map and its revision in the bucket.
 pub async fn read(client: &async_nats::Client) -> Result<(PartitionMap, u64), MapStoreError> {
-    let js = jetstream(client);
-    if let Err(e) = js.get_stream(format!("KV_{MAP_BUCKET}")).await {
-        return Err(match e.kind() {
-            GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-                MapStoreError::Missing
-            }
-            _ => MapStoreError::Unavailable(e.to_string()),
-        });
-    }
-    let store = js
-        .get_key_value(MAP_BUCKET)
-        .await
-        .map_err(|e| MapStoreError::Unavailable(e.to_string()))?;
+    let store =
+        jetstream(client)
+            .get_key_value(MAP_BUCKET)
+            .await
+            .map_err(|e| match no_such_stream(&e) {
+                true => MapStoreError::Missing,
+                false => MapStoreError::Unavailable(e.to_string()),
+            })?;
+    stored(&store).await
+}
+
+/// True when the bucket's stream does not exist (the error `get_key_value` wraps).
+fn no_such_stream(e: &jetstream::context::KeyValueError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(|e| {
+            matches!(e.kind(), GetStreamErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+        })
+}
+
+/// The map `store` holds, and its revision.
+async fn stored(store: &kv::Store) -> Result<(PartitionMap, u64), MapStoreError> {
     let entry = store
         .entry(MAP_KEY)
         .await
@@ -103,7 +113,7 @@ pub async fn ensure(
             return Err(unavailable(&e));
         }
     }
-    let (stored, _) = read(client).await?;
+    let (stored, _) = stored(&store).await?;
     if stored.count() != initial.count() {
         return Err(MapStoreError::Invalid(format!(
             "the deployment has {} partitions (its partition map says so); PARTITIONS={} \
